@@ -1,0 +1,1 @@
+"""Benchmarks behind ``elaria bench NAME``: each has ``run(quick) -> dict``, printed as JSON."""

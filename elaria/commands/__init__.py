@@ -1,0 +1,1 @@
+"""One module per ``elaria`` subcommand, each with ``configure(parser)`` and ``main(args)``."""
