@@ -99,7 +99,9 @@ class LMStudioSettings(_Section):
     def _hosts_are_ws_urls(cls, v: list[str]) -> list[str]:
         for host in v:
             if not host.lower().startswith(("ws://", "wss://")):
-                raise ValueError(f"host {host!r} must be a ws:// or wss:// URL (ws://localhost:1234)")
+                raise ValueError(
+                    f"host {host!r} must be a ws:// or wss:// URL (ws://localhost:1234)"
+                )
         return v
 
     @property
