@@ -346,10 +346,28 @@ def _problem(err: Any, path: Path | None) -> ConfigProblem:
         value = "{...}"
     ctx = err.get("ctx") or {}
     kind = err["type"]
-    allowed, fix = _allowed_and_fix(kind, ctx, err["msg"], loc)
+    allowed, fix = _allowed_and_fix(kind, {**_field_bounds(loc), **ctx}, err["msg"], loc)
     env_name = "ELARIA_" + "__".join(x.upper() for x in loc if not x.isdigit())
     source = f"{path.name} or {env_name}" if path is not None and path.is_file() else env_name
     return ConfigProblem(field=field, value=value, allowed=allowed, fix=fix, source=source)
+
+
+def _field_bounds(loc: list[str]) -> dict[str, Any]:
+    """Both bounds of a numeric field, so the report shows the whole range, not the broken side."""
+    model: Any = Settings
+    info = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return {}
+        info = fields[part]
+        model = info.annotation
+    bounds: dict[str, Any] = {}
+    for meta in getattr(info, "metadata", []):
+        for key in ("ge", "gt", "le", "lt"):
+            if getattr(meta, key, None) is not None:
+                bounds[key] = getattr(meta, key)
+    return bounds
 
 
 def _allowed_and_fix(kind: str, ctx: dict[str, Any], msg: str, loc: list[str]) -> tuple[str, str]:
