@@ -20,7 +20,8 @@ Tree::
     │   ├── ToolCallMalformed                     the model's call could not be parsed
     │   ├── ToolExecutionError                    the tool itself raised
     │   ├── ToolTimeoutError (TimeoutError)
-    │   └── ToolDenied                            the approval policy said no
+    │   ├── ToolDenied                            the approval policy said no
+    │   └── ToolRefused                           a security validator refused; ``.rule``
     ├── BackendError                              LM Studio / the embedded server
     │   ├── TransientBackendError                 retry may help (connection lost mid-call)
     │   │   └── HostDown                          the host does not answer
@@ -72,6 +73,7 @@ __all__ = [
     "ToolDenied",
     "ToolError",
     "ToolExecutionError",
+    "ToolRefused",
     "ToolTimeoutError",
     "TransientBackendError",
     "UnknownToolError",
@@ -202,6 +204,16 @@ class ToolTimeoutError(ToolError, TimeoutError):
 
 class ToolDenied(ToolError):
     """The approval policy (or the operator) refused this call."""
+
+
+class ToolRefused(ToolError):
+    """A security validator refused the call's arguments; ``rule`` says which rule."""
+
+    def __init__(
+        self, message: str, *, rule: str, tool: str | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, tool=tool, hint=hint)
+        self.rule = rule
 
 
 # --------------------------------------------------------------------------- backends
