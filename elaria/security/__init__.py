@@ -1,1 +1,19 @@
-"""TODO"""
+"""Security validators: every tool call passes them before anything runs (docs SECURITY.md).
+
+Each refusal raises :class:`elaria.errors.SecurityViolation` with a machine-readable ``rule`` and a
+message that tells the model what to do instead, and is logged as a security event (a loguru
+record bound with ``kind="security"``).
+"""
+
+from __future__ import annotations
+
+from elaria.errors import SecurityViolation
+from elaria.security.inputs import cap_result, check_tool_arguments
+from elaria.security.keys import check_keys
+
+__all__ = [
+    "SecurityViolation",
+    "cap_result",
+    "check_keys",
+    "check_tool_arguments",
+]
