@@ -165,6 +165,11 @@ class AgentSettings(_Section):
     )
     default_approval: ApprovalMode = "auto"
     approval_rules: list[ApprovalRule] = Field(default_factory=list)
+    approvals_file: Path | None = Field(
+        default=None,
+        description="where 'always'/'never' answers are saved (JSON); None = "
+        "elaria.approvals.json beside the config file",
+    )
     allowed_commands: list[str] = Field(default_factory=list, description="run_command allowlist")
     tool_calls_per_minute: int = Field(default=120, ge=1, le=100_000)
     system_prompt: str | None = None
