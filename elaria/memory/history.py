@@ -82,11 +82,13 @@ class _Entry:
 class _Unit:
     """Messages that stay or go together, with their cost kept current for the trimmer."""
 
-    __slots__ = ("cost", "entries")
+    __slots__ = ("awaits_results", "cost", "entries")
 
     def __init__(self, first: _Entry) -> None:
         self.entries = [first]
         self.cost = UnitCost(1, first.tokens, first.message.get("role") == "user")
+        #: An assistant message that requested tool calls: ``tool`` messages join this unit.
+        self.awaits_results = _requests_tools(first.message)
 
     def append(self, entry: _Entry) -> None:
         self.entries.append(entry)
@@ -186,7 +188,7 @@ class ConversationHistory:
             return
         last = self._units[-1] if self._units else None
         if role == "tool":
-            if last is None or not _requests_tools(last.entries[0].message):
+            if last is None or not last.awaits_results:
                 raise ValueError(
                     "a tool message must follow the assistant message whose tool calls it "
                     "answers; add the assistant's toolCallRequest message first"
