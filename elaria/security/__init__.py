@@ -10,8 +10,10 @@ from __future__ import annotations
 from elaria.errors import SecurityViolation
 from elaria.security.inputs import cap_result, check_tool_arguments
 from elaria.security.keys import check_keys
+from elaria.security.paths import PathGuard
 
 __all__ = [
+    "PathGuard",
     "SecurityViolation",
     "cap_result",
     "check_keys",
