@@ -9,5 +9,15 @@ from __future__ import annotations
 
 from elaria.memory.cache import Cache
 from elaria.memory.history import ConversationHistory, TokenCounter, spill_reader_tool
+from elaria.memory.monitor import MemoryMonitor, MemoryStatus, Shedder, read_cgroup_limit
 
-__all__ = ["Cache", "ConversationHistory", "TokenCounter", "spill_reader_tool"]
+__all__ = [
+    "Cache",
+    "ConversationHistory",
+    "MemoryMonitor",
+    "MemoryStatus",
+    "Shedder",
+    "TokenCounter",
+    "read_cgroup_limit",
+    "spill_reader_tool",
+]
