@@ -1,0 +1,276 @@
+"""Append-only JSONL files that never disturb their callers: the one writer under every telemetry
+file (log sinks, the inference event log, the audit ledger).
+
+* :class:`JsonlFile` — synchronous. ``write(data)`` appends whole lines with one ``os.write`` on
+  an ``O_APPEND`` descriptor (so lines from concurrent processes do not interleave), rotates by
+  size when asked, follows the path when the file or its directory is removed or rotated by
+  someone else, and **never raises on I/O**: the first failure of an outage goes to
+  ``on_failure`` (once), every lost write is counted, and it tries again after
+  :data:`RETRY_AFTER_S`. Thread-safe (one lock per file).
+* :class:`LineWriter` — asynchronous. A bounded queue and a single writer task in front of a
+  :class:`JsonlFile`, so callers on the event loop never wait for the disk: ``submit`` is
+  non-blocking and drops (and counts) when the queue is full. Lines are written in batches from a
+  worker thread. ``start``/``submit``/``aclose`` must be called on the loop that started it.
+  Cancelling ``aclose`` cancels the writer; lines still queued are counted as dropped.
+
+A write that the disk accepts only in part (disk full mid-line) can leave one truncated line;
+readers of these files skip lines that are not valid JSON and count them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["CLOSE_TIMEOUT_S", "RETRY_AFTER_S", "JsonlFile", "LineWriter"]
+
+#: After a failed write, wait this long before touching the disk again: a full disk or a
+#: missing directory does not heal in microseconds, and each retry costs syscalls per record.
+RETRY_AFTER_S: Final = 5.0
+#: How often to check that our descriptor is still the file at ``path`` (removed, rotated by
+#: another process); checking on every write would double the syscalls.
+REOPEN_CHECK_S: Final = 1.0
+#: ``aclose`` waits this long for queued lines to reach the disk before giving up on them.
+CLOSE_TIMEOUT_S: Final = 10.0
+#: Upper bound of lines joined into one write by the writer task (keeps each write small).
+BATCH_MAX_LINES: Final = 512
+
+_FILE_MODE: Final = 0o600  # logs may hold previews of user data: owner only
+
+
+class JsonlFile:
+    """One append-only file of whole lines; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int | None = None,
+        keep: int = 0,
+        on_failure: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self._max_bytes = max_bytes
+        self._keep = keep
+        self._on_failure = on_failure
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._size = 0
+        self._last_check = 0.0
+        self._retry_at = 0.0
+        self._failing = False
+        self._closed = False
+        self.lines_written = 0
+        self.bytes_written = 0
+        self.failed_writes = 0
+        self.lines_dropped = 0
+        self.rotations = 0
+        self.last_error: str | None = None
+
+    def write(self, data: bytes) -> bool:
+        """Append ``data`` (complete lines). False when it was dropped; never raises ``OSError``."""
+        lines = data.count(b"\n")
+        with self._lock:
+            if self._closed:
+                self.lines_dropped += lines
+                return False
+            now = self._clock()
+            if self._failing and now < self._retry_at:
+                self.lines_dropped += lines
+                return False
+            try:
+                self._ensure_open(now)
+                if self._max_bytes and self._size and self._size + len(data) > self._max_bytes:
+                    self._rotate()
+                self._write_all(data)
+            except OSError as exc:
+                self._fail(exc, now)
+                self.lines_dropped += lines
+                return False
+            if self._failing:
+                self._failing = False
+                self._report(f"writing to {self.path} works again")
+            self.lines_written += lines
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._close_fd()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "lines_written": self.lines_written,
+            "bytes_written": self.bytes_written,
+            "lines_dropped": self.lines_dropped,
+            "failed_writes": self.failed_writes,
+            "rotations": self.rotations,
+            "failing": self._failing,
+            "last_error": self.last_error,
+        }
+
+    # ------------------------------------------------------------------ internals (lock held)
+
+    def _ensure_open(self, now: float) -> None:
+        if self._fd is not None and now - self._last_check >= REOPEN_CHECK_S:
+            self._last_check = now
+            if not self._still_ours():
+                self._close_fd()
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, _FILE_MODE)
+            self._size = os.fstat(self._fd).st_size
+            self._last_check = now
+
+    def _still_ours(self) -> bool:
+        assert self._fd is not None
+        try:
+            on_disk = os.stat(self.path)
+        except OSError:
+            return False
+        mine = os.fstat(self._fd)
+        self._size = mine.st_size  # other processes append too
+        return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _write_all(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            self._size += written
+            self.bytes_written += written
+            view = view[written:]
+
+    def _rotate(self) -> None:
+        self._close_fd()
+        if self._keep <= 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for index in range(self._keep - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            if self.path.exists():
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self.rotations += 1
+        self._ensure_open(self._clock())
+
+    def _fail(self, exc: OSError, now: float) -> None:
+        self.failed_writes += 1
+        self.last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        self._retry_at = now + RETRY_AFTER_S
+        self._close_fd()
+        if not self._failing:
+            self._failing = True
+            self._report(
+                f"cannot write {self.path} ({self.last_error}); records for it are dropped and "
+                f"counted, retrying every {RETRY_AFTER_S:g} s"
+            )
+
+    def _report(self, text: str) -> None:
+        if self._on_failure is not None:
+            with contextlib.suppress(Exception):
+                self._on_failure(text)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+_STOP: Final = object()
+
+
+class LineWriter:
+    """A bounded queue and one writer task in front of a :class:`JsonlFile`."""
+
+    def __init__(self, file: JsonlFile, *, queue_size: int) -> None:
+        self.file = file
+        self._queue: asyncio.Queue[bytes | object] = asyncio.Queue(maxsize=queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.submitted = 0
+        self.dropped_queue_full = 0
+        self.dropped_not_running = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._closing
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"telemetry-writer:{self.file.path.name}"
+            )
+
+    def submit(self, line: bytes) -> bool:
+        """Queue one line (ending in ``\\n``) without waiting. False when dropped."""
+        if not self.running:
+            self.dropped_not_running += 1
+            return False
+        try:
+            self._queue.put_nowait(line)
+        except asyncio.QueueFull:
+            self.dropped_queue_full += 1
+            return False
+        self.submitted += 1
+        return True
+
+    async def aclose(self) -> None:
+        """Write everything queued (bounded by :data:`CLOSE_TIMEOUT_S`), then close the file."""
+        if self._task is None or self._closing:
+            return
+        self._closing = True
+        task = self._task
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._queue.put(_STOP)
+                await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+        finally:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({task}, timeout=CLOSE_TIMEOUT_S)
+            self.dropped_not_running += self._discard_queued()
+            self.file.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.file.stats(),
+            "submitted": self.submitted,
+            "queued": self._queue.qsize(),
+            "dropped_queue_full": self.dropped_queue_full,
+            "dropped_not_running": self.dropped_not_running,
+            "dropped": self.dropped_queue_full + self.dropped_not_running + self.file.lines_dropped,
+        }
+
+    async def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH_MAX_LINES and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            stop = any(item is _STOP for item in batch)
+            data = b"".join(item for item in batch if isinstance(item, bytes))
+            if data:
+                await asyncio.to_thread(self.file.write, data)
+
+    def _discard_queued(self) -> int:
+        count = 0
+        while not self._queue.empty():
+            if isinstance(self._queue.get_nowait(), bytes):
+                count += 1
+        return count
