@@ -41,13 +41,17 @@ from elaria.errors import (
 from elaria.resilience.ratelimit import SlidingWindowLimiter
 from elaria.security import check_tool_arguments
 
-__all__ = ["ArgumentValidator", "Guard", "RetryBudget", "call_signature"]
+__all__ = ["ArgumentValidator", "Guard", "RateLimited", "RetryBudget", "call_signature"]
 
 #: Validates one argument value of a kind; raises SecurityViolation to refuse.
 ArgumentValidator = Callable[[Any], None]
 
 #: The rate-limit window: ``tool_calls_per_minute`` is per minute by definition.
 RATE_WINDOW_S = 60.0
+
+
+class RateLimited(ToolDenied):
+    """The tool's per-minute limit is used up (a kind of denial; tell the model to wait)."""
 
 
 def call_signature(name: str, arguments: Mapping[str, Any] | None) -> str:
@@ -110,7 +114,7 @@ class Guard:
         assert self.limiter is not None
         if not self.limiter.try_acquire(tool.name):
             wait = self.limiter.retry_after(tool.name)
-            raise ToolDenied(
+            raise RateLimited(
                 f"rate limit: at most {self.limiter.limit} calls of {tool.name} per minute",
                 tool=tool.name,
                 hint=f"Wait {wait:.0f} s, or use the results you already have.",

@@ -249,6 +249,8 @@ def _mend(text: str) -> str:
     if quote is not None:
         out.append('"')
     _drop_trailing_comma(out)
+    if "".join(out).rstrip().endswith(":"):
+        out.append("null")  # cut off right after a key: the value never came
     out.extend(reversed(stack))
     return "".join(out)
 

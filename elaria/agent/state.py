@@ -10,10 +10,10 @@ run closes the pending calls with a "cancelled" result instead of dropping them 
 did run had their side effects, and the model should know).
 
 Resume: a prediction round interrupted by a dropped connection leaves no state (no RoundState
-exists before the round completes) and is simply retried from history. Results already recorded
-are in history, so no tool ever runs twice. :class:`RunState` also keeps the results recorded in
-this run by call id, so a retried round that asks again for the very same call (same id, same
-tool, same arguments) reuses the recorded result instead of running the tool again.
+exists before the round completes, and no tool runs before then) and is simply retried from
+history. Every executed call's result is in history before the next prediction starts, so no
+tool ever runs twice; a later identical request is a new call by the model (and counts toward
+the repeated-call detector).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class CallRecord:
     #: The arguments as finally used (after a repair), or as requested when they were unusable.
     arguments: Mapping[str, Any] | None
     raw: str | None = None
+    #: Arguments that came as something other than an object (JSON text), for the guard to parse.
+    raw_arguments: Any = None
     repaired_by: str | None = None
     status: CallStatus = "pending"
     #: The text the model reads as the tool result.
@@ -145,25 +147,9 @@ class RunState:
     """Everything a run has recorded so far; survives round retries."""
 
     rounds: list[RoundState] = field(default_factory=list)
-    _by_id: dict[str, CallRecord] = field(default_factory=dict)
 
     def add_round(self, state: RoundState) -> None:
         self.rounds.append(state)
-
-    def remember(self, call: CallRecord) -> None:
-        if call.executed:
-            self._by_id[call.call_id] = call
-
-    def recorded_for(
-        self, call_id: str, name: str, arguments: Mapping[str, Any] | None
-    ) -> CallRecord | None:
-        """A result this run already recorded for exactly this call, if any."""
-        known = self._by_id.get(call_id)
-        if known is None or known.name != name:
-            return None
-        if dict(known.arguments or {}) != dict(arguments or {}):
-            return None
-        return known
 
     @property
     def calls(self) -> list[CallRecord]:
