@@ -233,16 +233,25 @@ class SecuritySettings(_Section):
 
 
 class TelemetrySettings(_Section):
+    """Inference event log and audit ledger. File names are relative to ``logging.log_dir`` and
+    must resolve under ``./logs`` or the user data dir (checked at start-up)."""
+
     events: bool = True
     events_file: str = "inference.jsonl"
+    ledger: bool = True
     ledger_file: str = "audit.jsonl"
-    ledger_sqlite: bool = False
-    cost_per_1k_tokens: float = Field(default=0.0, ge=0.0)
+    ledger_sqlite: bool = Field(default=False, description="also write audit.sqlite for queries")
+    cost_per_1k_tokens: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     prompt_preview_chars: int = Field(default=512, ge=0, le=1_000_000)
     answer_preview_chars: int = Field(default=1_024, ge=0, le=1_000_000)
+    arguments_preview_chars: int = Field(default=512, ge=0, le=1_000_000)
+    ledger_full_text: bool = Field(
+        default=False, description="keep whole (redacted) prompts and answers in the ledger"
+    )
     queue_size: int = Field(default=10_000, ge=1, le=10_000_000)
     tenant: str | None = None
     project: str | None = None
+    tier: str | None = None
 
 
 class EmbeddedSettings(_Section):
