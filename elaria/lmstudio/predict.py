@@ -1,0 +1,203 @@
+"""One prediction round on one host and model, with every await bounded.
+
+:func:`predict_round` implements :mod:`elaria.lmstudio.rounds` for a single target. It does
+what ``AsyncLLM.act()`` does for one round (a ``ChatResponseEndpoint`` opened on the ``llm``
+session's channel, wrapped in ``AsyncPredictionStream``, events read through
+``_iter_events()``), with three differences the agent needs:
+
+* tool calls come back as :class:`~elaria.lmstudio.rounds.RequestedCall` and are never run here;
+* ``toolCallGenerationFailed`` does not abort the round: its ``error`` and ``rawContent`` become
+  :class:`~elaria.lmstudio.rounds.MalformedCall` for the agent's repair step (the SDK's public
+  API raises and loses the raw text);
+* deadlines: first token, gap between stream events, and the whole prediction. When a deadline,
+  a lost connection or a cancellation abandons the stream, a ``cancel`` is sent to the server
+  (the SDK never does), so the model is not left generating for nobody.
+
+Tool schemas go to the server as ``rawTools`` (``{"type": "toolArray", "tools": [...]}``);
+``request.tools=None`` sends none (the last round). Uses SDK internals pinned to lmstudio 1.5
+(``_create_channel``, ``_iter_events``, ``_channel``); ``tests/lmstudio`` guards them.
+Errors are the SDK's (or ours for deadlines); :mod:`elaria.lmstudio.failover` classifies them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+import lmstudio
+from lmstudio.history import Chat
+from lmstudio.json_api import (
+    ChatResponseEndpoint,
+    PredictionFragmentEvent,
+    PredictionToolCallEvent,
+)
+from loguru import logger
+
+from elaria.config import LMStudioSettings
+from elaria.errors import ElariaTimeoutError, HostDown
+from elaria.lmstudio.pool import CANCEL_SEND_TIMEOUT_S, Lease
+from elaria.lmstudio.rounds import (
+    FragmentCallback,
+    MalformedCall,
+    RequestedCall,
+    RoundRequest,
+    RoundResult,
+)
+
+__all__ = ["predict_round"]
+
+
+class _RoundEndpoint(ChatResponseEndpoint):
+    """``ChatResponseEndpoint`` that records failed tool-call generations instead of failing."""
+
+    def __init__(self, identifier: str, chat: Chat, config: dict[str, Any]) -> None:
+        super().__init__(identifier, chat, None, cast(Any, config))
+        self.malformed: list[MalformedCall] = []
+
+    def iter_message_events(self, contents: Any) -> Iterable[Any]:
+        if isinstance(contents, Mapping) and contents.get("type") == "toolCallGenerationFailed":
+            self.malformed.append(_malformed(contents))
+            return
+        yield from super().iter_message_events(contents)
+
+
+def _malformed(message: Mapping[str, Any]) -> MalformedCall:
+    error = message.get("error")
+    if isinstance(error, Mapping):
+        text = str(error.get("title") or error.get("rootTitle") or "tool call generation failed")
+        if error.get("cause"):
+            text += f": {error['cause']}"
+    else:
+        text = str(error or "tool call generation failed")
+    raw = message.get("rawContent")
+    return MalformedCall(error=text, raw=raw if isinstance(raw, str) else None)
+
+
+def prediction_config(request: RoundRequest, settings: LMStudioSettings) -> dict[str, Any]:
+    """The SDK's ``LlmPredictionConfigDict`` for ``request`` (settings fill the gaps)."""
+    config: dict[str, Any] = {
+        "temperature": settings.temperature if request.temperature is None else request.temperature,
+        "maxTokens": settings.max_tokens if request.max_tokens is None else request.max_tokens,
+    }
+    if request.tools is not None:
+        config["rawTools"] = {"type": "toolArray", "tools": [dict(t) for t in request.tools]}
+    return config
+
+
+async def predict_round(
+    lease: Lease,
+    identifier: str,
+    request: RoundRequest,
+    settings: LMStudioSettings,
+    on_fragment: FragmentCallback | None = None,
+) -> RoundResult:
+    """Run one round for the loaded model ``identifier`` on ``lease``'s client."""
+    chat = Chat.from_history(cast(Any, {"messages": [dict(m) for m in request.messages]}))
+    endpoint = _RoundEndpoint(identifier, chat, prediction_config(request, settings))
+    session = lease.client.llm
+    # Imported here: AsyncPredictionStream lives with the async API, which this module wraps.
+    from lmstudio.async_api import AsyncPredictionStream
+
+    stream = AsyncPredictionStream(session._create_channel(endpoint), endpoint)
+    started = time.monotonic()
+    deadline = started + settings.timeout_s
+    first_token_s = settings.first_token_timeout_ms / 1000
+    gap_s = settings.fragment_gap_timeout_ms / 1000
+    calls: list[RequestedCall] = []
+    ttft: float | None = None
+    await lease.run(stream.start(), _bounded(gap_s, deadline), "open prediction")
+    channel = stream._channel
+    events = stream._iter_events().__aiter__()
+    try:
+        while True:
+            step_s = first_token_s if ttft is None else gap_s
+            remaining = deadline - time.monotonic()
+            if remaining <= step_s:
+                step_s, operation = max(0.0, remaining), "prediction"
+            else:
+                operation = "first token" if ttft is None else "gap between fragments"
+            try:
+                event = await lease.run(events.__anext__(), step_s, operation)
+            except StopAsyncIteration:
+                break
+            except ElariaTimeoutError as exc:
+                if exc.operation != "prediction":
+                    raise
+                raise ElariaTimeoutError(
+                    "prediction", settings.timeout_s, where=lease.host
+                ) from exc
+            if isinstance(event, PredictionFragmentEvent):
+                if ttft is None:
+                    ttft = time.monotonic() - started
+                _notify(on_fragment, event.arg.content)
+            elif isinstance(event, PredictionToolCallEvent):
+                call = event.arg
+                args = call.arguments
+                calls.append(
+                    RequestedCall(
+                        name=call.name,
+                        arguments=dict(args) if args is not None else None,
+                        id=call.id,
+                    )
+                )
+    except BaseException as exc:
+        if _server_may_still_be_generating(exc):
+            await _send_cancel(channel, lease.host)
+        with contextlib.suppress(Exception):
+            await events.aclose()  # type: ignore[attr-defined]
+        raise
+    result = stream.result()
+    stats = result.stats
+    return RoundResult(
+        text=result.content,
+        tool_calls=tuple(calls),
+        malformed=tuple(endpoint.malformed),
+        stop_reason=str(stats.stop_reason),
+        prompt_tokens=int(stats.prompt_tokens_count or 0),
+        predicted_tokens=int(stats.predicted_tokens_count or 0),
+        time_to_first_token_s=ttft,
+        total_time_s=time.monotonic() - started,
+        host=lease.host,
+        model=identifier,
+    )
+
+
+def _bounded(step_s: float, deadline: float) -> float:
+    return max(0.0, min(step_s, deadline - time.monotonic()))
+
+
+def _server_may_still_be_generating(exc: BaseException) -> bool:
+    """A server error ended the channel and a lost socket cannot carry a cancel; anything
+    else (our deadline, a cancellation, a bug here) leaves the server generating."""
+    return not isinstance(
+        exc, lmstudio.LMStudioServerError | lmstudio.LMStudioClientError | HostDown
+    )
+
+
+def _notify(callback: FragmentCallback | None, fragment: str) -> None:
+    if callback is None:
+        return
+    try:
+        callback(fragment)
+    except Exception:
+        # A broken display must not turn into a backend failure and a failover.
+        logger.opt(exception=True).bind(kind="predict").warning("fragment callback failed")
+
+
+async def _send_cancel(channel: Any, host: str) -> None:
+    """Tell the server to stop generating; shielded so a second cancellation cannot skip it."""
+    if channel is None:
+        return
+
+    async def send() -> None:
+        with contextlib.suppress(Exception, ElariaTimeoutError):
+            async with asyncio.timeout(CANCEL_SEND_TIMEOUT_S):
+                await channel.cancel()
+
+    task = asyncio.ensure_future(send())
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(task)
+    logger.bind(kind="predict", host=host).debug("sent cancel for an abandoned prediction")
