@@ -8,14 +8,22 @@ record bound with ``kind="security"``).
 from __future__ import annotations
 
 from elaria.errors import SecurityViolation
-from elaria.security.inputs import cap_result, check_tool_arguments
+from elaria.security.inputs import cap_result, check_tool_arguments, validate_model_id
 from elaria.security.keys import check_keys
 from elaria.security.paths import PathGuard
+from elaria.security.shell import check_program, check_shell_arg
+from elaria.security.sql import SafeSQLite
+from elaria.security.urls import validate_ws_url
 
 __all__ = [
     "PathGuard",
+    "SafeSQLite",
     "SecurityViolation",
     "cap_result",
     "check_keys",
+    "check_program",
+    "check_shell_arg",
     "check_tool_arguments",
+    "validate_model_id",
+    "validate_ws_url",
 ]

@@ -1,4 +1,4 @@
-"""The gate every tool call passes, whatever the tool: keys and lengths; and result caps.
+"""The gate every tool call passes (keys and lengths), result caps, and model identifiers.
 
 :func:`check_tool_arguments` runs before dispatch for python tools and MCP tools alike, so
 nothing polluting or oversized crosses into a Node process. :func:`cap_result` bounds what a tool
@@ -7,13 +7,20 @@ hands back to the model. Pure functions, any thread.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from elaria.security.keys import check_keys
 from elaria.security.violations import refuse
 
-__all__ = ["DEFAULT_MAX_ARGUMENT_CHARS", "cap_result", "check_tool_arguments"]
+__all__ = [
+    "DEFAULT_MAX_ARGUMENT_CHARS",
+    "MAX_MODEL_ID_CHARS",
+    "cap_result",
+    "check_tool_arguments",
+    "validate_model_id",
+]
 
 #: Default cap on any one argument string (matches ``agent.max_argument_chars``).
 DEFAULT_MAX_ARGUMENT_CHARS = 10_000
@@ -67,3 +74,32 @@ def _marker(cut: int, total: int) -> str:
         f"\n[... truncated: {cut} of {total} characters cut; "
         "ask for a smaller part (a line range, a filter, a LIMIT) to see more]"
     )
+
+
+# --------------------------------------------------------------------------- model identifiers
+
+#: LM Studio identifiers are short; anything longer is a mistake or an attack.
+MAX_MODEL_ID_CHARS = 256
+MAX_MODEL_SEGMENT_CHARS = 96
+
+_SEGMENT = r"(?=[^/:@]{1,96}(?:[/:@]|$))[A-Za-z0-9](?:[A-Za-z0-9_]|\.(?!\.)|-(?!-))*(?<![.-])"
+_MODEL_ID = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,2}}(?:[:@][A-Za-z0-9._-]{{1,64}})?")
+
+
+def validate_model_id(s: str) -> str:
+    """Return ``s`` if it is a valid model identifier (SECURITY.md, "Model identifiers")."""
+    if not isinstance(s, str) or not s.isascii() or len(s) > MAX_MODEL_ID_CHARS:
+        raise refuse(
+            "model.id",
+            f"the model identifier must be ASCII and at most {MAX_MODEL_ID_CHARS} characters",
+            value=s,
+        )
+    if not _MODEL_ID.fullmatch(s):
+        raise refuse(
+            "model.id",
+            f"{s!r} is not a model identifier: use 1-3 segments like "
+            "'publisher/model-name' (letters, digits, '.', '_', '-'; no '..' or '--'), "
+            "optionally ':tag' or '@variant'",
+            value=s,
+        )
+    return s
