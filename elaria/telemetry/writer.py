@@ -127,7 +127,8 @@ class JsonlFile:
                 self._close_fd()
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            # O_NOFOLLOW: a symlink planted at the file's name after start-up checks is refused.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
             self._fd = os.open(self.path, flags, _FILE_MODE)
             self._size = os.fstat(self._fd).st_size
             self._last_check = now
@@ -195,8 +196,19 @@ _STOP: Final = object()
 class LineWriter:
     """A bounded queue and one writer task in front of a :class:`JsonlFile`."""
 
-    def __init__(self, file: JsonlFile, *, queue_size: int) -> None:
+    def __init__(
+        self,
+        file: JsonlFile,
+        *,
+        queue_size: int,
+        on_batch: Callable[[list[bytes]], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.file = file
+        self._on_batch = on_batch
+        self._on_failure = on_failure
+        self._batch_failing = False
+        self.batch_failures = 0
         self._queue: asyncio.Queue[bytes | object] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -254,6 +266,7 @@ class LineWriter:
             "queued": self._queue.qsize(),
             "dropped_queue_full": self.dropped_queue_full,
             "dropped_not_running": self.dropped_not_running,
+            "batch_failures": self.batch_failures,
             "dropped": self.dropped_queue_full + self.dropped_not_running + self.file.lines_dropped,
         }
 
@@ -264,9 +277,25 @@ class LineWriter:
             while len(batch) < BATCH_MAX_LINES and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             stop = any(item is _STOP for item in batch)
-            data = b"".join(item for item in batch if isinstance(item, bytes))
-            if data:
-                await asyncio.to_thread(self.file.write, data)
+            lines = [item for item in batch if isinstance(item, bytes)]
+            if lines:
+                await asyncio.to_thread(self._write_batch, lines)
+
+    def _write_batch(self, lines: list[bytes]) -> None:
+        """Worker thread: the file, then the optional second store (SQLite), never raising."""
+        self.file.write(b"".join(lines))
+        if self._on_batch is None:
+            return
+        try:
+            self._on_batch(lines)
+        except Exception as exc:
+            self.batch_failures += 1
+            if not self._batch_failing and self._on_failure is not None:
+                with contextlib.suppress(Exception):
+                    self._on_failure(f"secondary store for {self.file.path.name} failed: {exc!r}")
+            self._batch_failing = True
+        else:
+            self._batch_failing = False
 
     def _discard_queued(self) -> int:
         count = 0

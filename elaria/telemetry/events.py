@@ -1,0 +1,252 @@
+"""The inference event log: one validated JSONL line per model request (prediction round).
+
+Usage (the agent / LM Studio layer, on the event loop)::
+
+    log = EventLog.from_settings(settings)      # path checked here: ConfigError if outside
+    await log.start()
+    log.round(result, request_id=rid, run_id=run_id)          # a RoundResult came back
+    log.failed_round(exc, host=h, model=m, latency_s=dt, request_id=rid)
+    log.emit(InferenceEvent(...))                              # any hand-built event
+    await log.aclose()                                         # flushes
+
+Contract:
+
+* :class:`InferenceEvent` is the schema (``SCHEMA_VERSION``); invalid values raise pydantic's
+  ``ValidationError`` when the event is built, never when it is written.
+* ``emit`` never blocks and never raises: it redacts and serialises the event and hands one line
+  to a single writer task through a bounded queue (``telemetry.queue_size``). A full queue drops
+  the event and counts it. A failing disk is reported once in the log and counted; inference
+  goes on. ``stats()`` shows every counter (the health snapshot reads it).
+* Lines are whole even with many concurrent runs and processes (one writer per log, one
+  ``O_APPEND`` write per batch of complete lines).
+* Loop-confined: ``start``/``emit``/``aclose`` on the loop that started the log. Cancelling
+  ``aclose`` cancels the flush; unwritten events are counted as dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from elaria.security.redact import redact
+from elaria.telemetry.logging import current_request_id, current_run_id, new_id
+from elaria.telemetry.paths import resolve_telemetry_path
+from elaria.telemetry.writer import JsonlFile, LineWriter
+
+if TYPE_CHECKING:
+    from elaria.config import Settings
+    from elaria.lmstudio.rounds import RoundResult
+
+__all__ = [
+    "COST_WARNING_PER_1K",
+    "SCHEMA_VERSION",
+    "EventLog",
+    "InferenceEvent",
+    "cost_usd",
+]
+
+SCHEMA_VERSION: Final = 1
+#: Above this a configured price is almost certainly a unit mistake (cents, per-token).
+COST_WARNING_PER_1K: Final = 100.0
+
+Provider = Literal["lmstudio", "embedded"]
+
+
+class InferenceEvent(BaseModel):
+    """One model request. Times in milliseconds, money in US dollars."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    request_id: str = Field(min_length=1, max_length=128)
+    run_id: str | None = Field(default=None, max_length=128)
+    tenant: str | None = None
+    project: str | None = None
+    tier: str | None = None
+    provider: Provider
+    host: str
+    model: str
+    latency_ms: float = Field(ge=0, allow_inf_nan=False)
+    time_to_first_token_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    tokens_in: int = Field(default=0, ge=0)
+    tokens_out: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    success: bool
+    error_class: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    def to_line(self) -> bytes:
+        """The redacted JSON line (with its newline) this event is stored as."""
+        data = redact(self.model_dump(mode="json"))
+        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def cost_usd(tokens_in: int, tokens_out: int, cost_per_1k_tokens: float) -> float:
+    """Price of a request at a flat rate per 1,000 tokens (prompt and completion alike)."""
+    if cost_per_1k_tokens < 0 or not math.isfinite(cost_per_1k_tokens):
+        raise ValueError("cost_per_1k_tokens must be a finite, non-negative number")
+    return (tokens_in + tokens_out) / 1000.0 * cost_per_1k_tokens
+
+
+class EventLog:
+    """Append-only JSONL of :class:`InferenceEvent`; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        queue_size: int = 10_000,
+        cost_per_1k_tokens: float = 0.0,
+        tenant: str | None = None,
+        project: str | None = None,
+        tier: str | None = None,
+        setting: str = "telemetry.events_file",
+    ) -> None:
+        self.path = resolve_telemetry_path(path, setting=setting)
+        cost_usd(0, 0, cost_per_1k_tokens)  # validates
+        if cost_per_1k_tokens > COST_WARNING_PER_1K:
+            logger.bind(kind="telemetry", cost_per_1k_tokens=cost_per_1k_tokens).warning(
+                f"telemetry.cost_per_1k_tokens is ${cost_per_1k_tokens:g} per 1,000 tokens; "
+                "is that meant per token or in cents?"
+            )
+        self.cost_per_1k_tokens = cost_per_1k_tokens
+        self.tenant, self.project, self.tier = tenant, project, tier
+        self._writer = LineWriter(
+            JsonlFile(self.path, on_failure=_report_failure), queue_size=queue_size
+        )
+        self._not_running_reported = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventLog:
+        """The event log configured by ``settings`` (``logging.log_dir`` / ``events_file``)."""
+        t = settings.telemetry
+        return cls(
+            settings.logging.log_dir / t.events_file,
+            queue_size=t.queue_size,
+            cost_per_1k_tokens=t.cost_per_1k_tokens,
+            tenant=t.tenant,
+            project=t.project,
+            tier=t.tier,
+        )
+
+    async def start(self) -> None:
+        await self._writer.start()
+
+    async def aclose(self) -> None:
+        await self._writer.aclose()
+
+    async def __aenter__(self) -> EventLog:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def emit(self, event: InferenceEvent) -> bool:
+        """Queue ``event`` for writing. Never blocks or raises; False when it was dropped."""
+        try:
+            line = event.to_line()
+        except Exception:  # a meta value json cannot encode: drop it, never the caller
+            logger.opt(exception=True).bind(kind="telemetry").warning(
+                "inference event could not be serialised; dropped"
+            )
+            return False
+        accepted = self._writer.submit(line)
+        if not accepted and not self._writer.running and not self._not_running_reported:
+            self._not_running_reported = True
+            logger.bind(kind="telemetry", path=str(self.path)).warning(
+                "inference event emitted while the event log is not running; dropped and counted"
+            )
+        return accepted
+
+    def round(
+        self,
+        result: RoundResult,
+        *,
+        request_id: str | None = None,
+        run_id: str | None = None,
+        latency_s: float | None = None,
+        **meta: Any,
+    ) -> bool:
+        """Record a successful round from its :class:`~elaria.lmstudio.rounds.RoundResult`."""
+        ttft = result.time_to_first_token_s
+        return self.emit(
+            self._event(
+                provider=_provider(result.provider),
+                host=result.host,
+                model=result.model,
+                latency_ms=max(0.0, (latency_s if latency_s is not None else result.total_time_s))
+                * 1000,
+                time_to_first_token_ms=None if ttft is None else max(0.0, ttft) * 1000,
+                tokens_in=max(0, result.prompt_tokens),
+                tokens_out=max(0, result.predicted_tokens),
+                success=True,
+                error_class=None,
+                request_id=request_id,
+                run_id=run_id,
+                meta={"stop_reason": result.stop_reason, **meta},
+            )
+        )
+
+    def failed_round(
+        self,
+        error: BaseException | str,
+        *,
+        host: str,
+        model: str,
+        latency_s: float,
+        provider: str = "lmstudio",
+        request_id: str | None = None,
+        run_id: str | None = None,
+        **meta: Any,
+    ) -> bool:
+        """Record a round that ended in ``error`` (an exception or its class name)."""
+        error_class = error if isinstance(error, str) else type(error).__name__
+        return self.emit(
+            self._event(
+                provider=_provider(provider),
+                host=host,
+                model=model,
+                latency_ms=max(0.0, latency_s) * 1000,
+                time_to_first_token_ms=None,
+                tokens_in=0,
+                tokens_out=0,
+                success=False,
+                error_class=error_class,
+                request_id=request_id,
+                run_id=run_id,
+                meta=meta,
+            )
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {"path": str(self.path), **self._writer.stats()}
+
+    def _event(
+        self, *, request_id: str | None, run_id: str | None, **fields: Any
+    ) -> InferenceEvent:
+        tokens = fields["tokens_in"] + fields["tokens_out"]
+        return InferenceEvent(
+            request_id=request_id or current_request_id() or new_id(),
+            run_id=run_id or current_run_id(),
+            tenant=self.tenant,
+            project=self.project,
+            tier=self.tier,
+            cost_usd=cost_usd(tokens, 0, self.cost_per_1k_tokens),
+            **fields,
+        )
+
+
+def _provider(value: str) -> Provider:
+    return "embedded" if value == "embedded" else "lmstudio"
+
+
+def _report_failure(text: str) -> None:
+    logger.bind(kind="telemetry").error(f"inference event log: {text}")

@@ -1,0 +1,645 @@
+"""The audit ledger: one record per agent run, written even when the run fails or is cancelled.
+
+The agent loop fills a :class:`RequestContext` as the run goes, and hands it to the ledger in a
+``finally``::
+
+    ledger = AuditLedger.from_settings(settings)   # path checked: ConfigError if outside
+    await ledger.start()
+
+    ctx = RequestContext.begin(task, run_id=run_id)          # hashes and previews the prompt
+    try:
+        ...
+        ctx.model_call(host, model, latency_s=dt, tokens_in=p, tokens_out=c, request_id=rid)
+        ctx.event("failover", from_host=a, to_host=b)          # retries, reconnects, breaker
+        ctx.event("repair", tool="read_file", method="json")   # trips, trims, refusals, approvals
+        ctx.tool_call("read_file", arguments, "ok", duration_s=0.01)
+        answer = ...
+        ctx.finish(answer=answer)            # success, or mitigated_success after resilience
+    except BaseException as exc:
+        ctx.finish(error=exc)                # failure, or cancelled for CancelledError
+        raise
+    finally:
+        ledger.record(ctx)                   # never blocks, never raises
+
+or, equivalently, ``async with ledger.request(task, run_id=run_id) as ctx: ...`` (finishes and
+records on the way out, outcome taken from the exception if any), or pass ``ctx.observe`` as the
+agent loop's ``on_event`` callback: it maps the loop's typed events (rounds, tool calls, repairs,
+approvals, denials, resilience events, trims, the final answer, the failure) onto the same calls.
+
+Record shape (``record: "request"``, JSON): schema_version, run_id, request_id, started/finished
+(ISO 8601 UTC), latency_ms, prompt_sha256, prompt_preview (redacted, then truncated to
+``telemetry.prompt_preview_chars``; whole only with ``telemetry.ledger_full_text``),
+answer_preview (same, ``answer_preview_chars``), outcome (``success`` | ``mitigated_success`` |
+``failure`` | ``cancelled``), error_class / error (redacted), model_calls (count), final_host,
+final_model, tokens_in/out, and three chronological lists sharing one ``seq`` counter (so their
+merged order is the order things happened): ``calls`` (each model request), ``events``
+(resilience: retry, reconnect, breaker, failover, repair, trim, validator_refusal, approval,
+denial …) and ``tool_calls`` (name, redacted arguments preview, outcome, duration).
+``ledger.record_run(...)`` adds a ``record: "run"`` summary for a run that spans several
+requests (a chat session).
+
+The ledger file is JSONL (``telemetry.ledger_file``), optionally mirrored into SQLite
+(``telemetry.ledger_sqlite``: ``audit.sqlite`` beside it, tables ``requests`` and ``runs``). It
+shares the writer of :mod:`elaria.telemetry.writer`: a bounded queue, one writer task, whole
+lines, failures logged once and counted in ``stats()``.
+
+Threads: a RequestContext belongs to the task that runs the request (plain object, no lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from loguru import logger
+
+from elaria.errors import RunCancelled
+from elaria.security.redact import redact, redact_text
+from elaria.telemetry.logging import current_run_id, new_id
+from elaria.telemetry.paths import resolve_telemetry_path
+from elaria.telemetry.writer import JsonlFile, LineWriter
+
+if TYPE_CHECKING:
+    from elaria.config import Settings
+
+__all__ = [
+    "LEDGER_SCHEMA_VERSION",
+    "MITIGATING_EVENTS",
+    "AuditLedger",
+    "Outcome",
+    "RequestContext",
+    "preview",
+]
+
+LEDGER_SCHEMA_VERSION: Final = 1
+Outcome = Literal["success", "mitigated_success", "failure", "cancelled"]
+OUTCOMES: Final[tuple[Outcome, ...]] = ("success", "mitigated_success", "failure", "cancelled")
+#: Event kinds that mean the run needed help to succeed (success becomes mitigated_success).
+MITIGATING_EVENTS: Final = frozenset(
+    {
+        "retry",
+        "reconnect",
+        "failover",
+        "breaker",
+        "repair",
+        "trim",
+        "validator_refusal",
+        "denial",
+        "tool_error",
+        "compaction",
+    }
+)
+#: Bounds on one record's lists: a runaway run must not make a multi-megabyte line.
+MAX_ENTRIES: Final = 1_000
+_TRUNCATION_MARK: Final = "…[truncated]"
+
+
+def preview(value: Any, limit: int | None) -> str:
+    """Redacted text of ``value`` (JSON for structures), cut to ``limit`` characters.
+
+    Redaction comes first, so a secret cut in half by truncation is never left recognisable.
+    """
+    if isinstance(value, str):
+        text = redact_text(value)
+    else:
+        text = json.dumps(redact(value), ensure_ascii=False, default=str, sort_keys=True)
+    if limit is not None and len(text) > limit:
+        return text[:limit] + _TRUNCATION_MARK
+    return text
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+@dataclass
+class RequestContext:
+    """What one request (an agent run of one task) did; see the module docstring."""
+
+    run_id: str | None
+    request_id: str
+    prompt_sha256: str
+    prompt_preview: str
+    started_wall: float
+    started: float
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+    answer_preview_chars: int | None = 1_024
+    arguments_preview_chars: int | None = 512
+    outcome: Outcome | None = None
+    answer_preview: str | None = None
+    error_class: str | None = None
+    error: str | None = None
+    finished: float | None = None
+    finished_wall: float | None = None
+    final_host: str | None = None
+    final_model: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    dropped_entries: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+    _seq: int = 0
+    _pending_args: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def begin(
+        cls,
+        prompt: str,
+        *,
+        run_id: str | None = None,
+        request_id: str | None = None,
+        prompt_preview_chars: int | None = 512,
+        answer_preview_chars: int | None = 1_024,
+        arguments_preview_chars: int | None = 512,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        **meta: Any,
+    ) -> RequestContext:
+        """Start the record. ``None`` for a preview size keeps the whole (redacted) text."""
+        return cls(
+            run_id=run_id or current_run_id(),
+            request_id=request_id or new_id(),
+            prompt_sha256=hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(),
+            prompt_preview=preview(prompt, prompt_preview_chars),
+            started_wall=wall_clock(),
+            started=clock(),
+            clock=clock,
+            wall_clock=wall_clock,
+            answer_preview_chars=answer_preview_chars,
+            arguments_preview_chars=arguments_preview_chars,
+            meta=dict(meta),
+        )
+
+    # ------------------------------------------------------------------ filling it in
+
+    def event(self, kind: str, **data: Any) -> None:
+        """A resilience event (retry, reconnect, breaker, failover, repair, trim,
+        validator_refusal, approval, denial …), in the order they happen."""
+        self._append(self.events, {"kind": kind, **data})
+
+    def model_call(
+        self,
+        host: str,
+        model: str,
+        *,
+        latency_s: float | None = None,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        success: bool = True,
+        error_class: str | None = None,
+        request_id: str | None = None,
+        provider: str | None = None,
+    ) -> None:
+        """One model request (prediction round); the last successful one sets final host/model."""
+        if success:
+            self.final_host, self.final_model = host, model
+            self.tokens_in += max(0, tokens_in)
+            self.tokens_out += max(0, tokens_out)
+        self._append(
+            self.calls,
+            {
+                "host": host,
+                "model": model,
+                "provider": provider,
+                "latency_ms": None if latency_s is None else round(latency_s * 1000, 3),
+                "tokens_in": tokens_in,
+                "tokens_out": tokens_out,
+                "success": success,
+                "error_class": error_class,
+                "request_id": request_id,
+            },
+        )
+
+    def tool_call(
+        self,
+        name: str,
+        arguments: Any,
+        outcome: str,
+        duration_s: float | None = None,
+        *,
+        error_class: str | None = None,
+        call_id: str | None = None,
+    ) -> None:
+        """A tool call: ``outcome`` is ``ok``, ``error``, ``refused``, ``denied``, ``timeout``,
+        ``cancelled`` …; ``arguments`` are redacted and truncated here."""
+        self._append(
+            self.tool_calls,
+            {
+                "name": name,
+                "call_id": call_id,
+                "arguments_preview": preview(arguments, self.arguments_preview_chars),
+                "outcome": outcome,
+                "duration_ms": None if duration_s is None else round(duration_s * 1000, 3),
+                "error_class": error_class,
+            },
+        )
+
+    def finish(
+        self,
+        outcome: Outcome | None = None,
+        *,
+        answer: str | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Close the record. Without ``outcome``: ``cancelled`` for CancelledError/RunCancelled,
+        ``failure`` for any other error, else ``mitigated_success`` when a mitigating event
+        happened, else ``success``. Calling it again only fills what is still missing."""
+        if self.finished is None:
+            self.finished = self.clock()
+            self.finished_wall = self.wall_clock()
+        if answer is not None and self.answer_preview is None:
+            self.answer_preview = preview(answer, self.answer_preview_chars)
+        if error is not None and self.error_class is None:
+            self.error_class = type(error).__name__
+            self.error = preview(str(error), self.answer_preview_chars)
+        if self.outcome is None:
+            self.outcome = outcome or self._infer_outcome(error)
+
+    def _infer_outcome(self, error: BaseException | None) -> Outcome:
+        if isinstance(error, asyncio.CancelledError | RunCancelled):
+            return "cancelled"
+        if error is not None or self.error_class is not None:
+            return "cancelled" if self.error_class == "cancelled" else "failure"
+        if any(e["kind"] in MITIGATING_EVENTS for e in self.events):
+            return "mitigated_success"
+        return "success"
+
+    # ------------------------------------------------------------------ agent events
+
+    def observe(self, event: Any) -> None:
+        """An ``on_event`` callback for :class:`elaria.agent.loop.AgentLoop`: maps its typed
+        events (by ``kind``) onto :meth:`model_call`, :meth:`event`, :meth:`tool_call` and
+        :meth:`finish`. Unknown kinds are ignored."""
+        kind = getattr(event, "kind", None)
+        handler = _OBSERVERS.get(kind) if isinstance(kind, str) else None
+        if handler is not None:
+            handler(self, event)
+
+    # ------------------------------------------------------------------ the record
+
+    @property
+    def latency_ms(self) -> float | None:
+        if self.finished is None:
+            return None
+        return round((self.finished - self.started) * 1000, 3)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-ready, redacted ledger record (finishes the context if still open)."""
+        if self.outcome is None:
+            self.finish()
+        record = {
+            "record": "request",
+            "schema_version": LEDGER_SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "request_id": self.request_id,
+            "started": _iso(self.started_wall),
+            "finished": _iso(self.finished_wall or self.started_wall),
+            "latency_ms": self.latency_ms,
+            "outcome": self.outcome,
+            "error_class": self.error_class,
+            "error": self.error,
+            "prompt_sha256": self.prompt_sha256,
+            "prompt_preview": self.prompt_preview,
+            "answer_preview": self.answer_preview,
+            "model_calls": len(self.calls),
+            "final_host": self.final_host,
+            "final_model": self.final_model,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "calls": self.calls,
+            "events": self.events,
+            "tool_calls": self.tool_calls,
+            "dropped_entries": self.dropped_entries,
+            "meta": self.meta,
+        }
+        cleaned: dict[str, Any] = redact(record)
+        return cleaned
+
+    def _append(self, target: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+        self._seq += 1
+        if len(self.calls) + len(self.events) + len(self.tool_calls) >= MAX_ENTRIES:
+            self.dropped_entries += 1
+            return
+        entry = {"seq": self._seq, "t_ms": round((self.clock() - self.started) * 1000, 3), **entry}
+        target.append(redact(entry))
+
+
+# --------------------------------------------------------------------------- agent events
+
+
+def _args_of(ctx: RequestContext, event: Any) -> Any:
+    return ctx._pending_args.get(getattr(event, "call_id", ""), getattr(event, "arguments", None))
+
+
+def _on_round_finished(ctx: RequestContext, e: Any) -> None:
+    ctx.model_call(
+        e.host,
+        e.model,
+        latency_s=e.seconds,
+        tokens_in=e.prompt_tokens,
+        tokens_out=e.predicted_tokens,
+    )
+
+
+def _on_requested(ctx: RequestContext, e: Any) -> None:
+    ctx._pending_args[e.call_id] = e.arguments
+
+
+def _on_repaired(ctx: RequestContext, e: Any) -> None:
+    ctx._pending_args[e.call_id] = e.arguments
+    ctx.event("repair", tool=e.tool, call_id=e.call_id, method=e.method)
+
+
+def _on_approved(ctx: RequestContext, e: Any) -> None:
+    ctx.event("approval", tool=e.tool, call_id=e.call_id, by=e.by, rule=e.rule)
+
+
+def _on_denied(ctx: RequestContext, e: Any) -> None:
+    kind = "validator_refusal" if e.by == "validator" else "denial"
+    ctx.event(kind, tool=e.tool, call_id=e.call_id, by=e.by, reason=e.reason)
+    outcome = "refused" if e.by == "validator" else "denied"
+    ctx.tool_call(e.tool, _args_of(ctx, e), outcome, None, call_id=e.call_id)
+    ctx._pending_args.pop(e.call_id, None)
+
+
+def _on_started(ctx: RequestContext, e: Any) -> None:
+    ctx._pending_args[e.call_id] = e.arguments
+
+
+def _on_tool_finished(ctx: RequestContext, e: Any) -> None:
+    ctx.tool_call(e.tool, _args_of(ctx, e), "ok", e.seconds, call_id=e.call_id)
+    ctx._pending_args.pop(e.call_id, None)
+
+
+def _on_tool_failed(ctx: RequestContext, e: Any) -> None:
+    ctx.event("tool_error", tool=e.tool, call_id=e.call_id, error_class=e.error_class)
+    outcome = "timeout" if "Timeout" in e.error_class else "error"
+    ctx.tool_call(
+        e.tool, _args_of(ctx, e), outcome, None, error_class=e.error_class, call_id=e.call_id
+    )
+    ctx._pending_args.pop(e.call_id, None)
+
+
+def _on_resilience(ctx: RequestContext, e: Any) -> None:
+    detail = dict(e.detail) if isinstance(e.detail, Mapping) else {"detail": e.detail}
+    detail.pop("kind", None)
+    ctx.event(str(e.action), **detail)
+
+
+def _on_trimmed(ctx: RequestContext, e: Any) -> None:
+    ctx.event("trim", dropped_messages=e.dropped_messages, tokens=e.tokens)
+
+
+def _on_answer(ctx: RequestContext, e: Any) -> None:
+    ctx.answer_preview = preview(e.text, ctx.answer_preview_chars)
+
+
+def _on_failed(ctx: RequestContext, e: Any) -> None:
+    ctx.error_class = "CancelledError" if e.error_class == "cancelled" else e.error_class
+    ctx.error = preview(e.message, ctx.answer_preview_chars)
+    if e.error_class == "cancelled":
+        ctx.finish("cancelled")
+
+
+_OBSERVERS: Final[dict[str, Callable[[RequestContext, Any], None]]] = {
+    "round_finished": _on_round_finished,
+    "tool_call_requested": _on_requested,
+    "tool_call_repaired": _on_repaired,
+    "tool_call_approved": _on_approved,
+    "tool_call_denied": _on_denied,
+    "tool_call_started": _on_started,
+    "tool_call_finished": _on_tool_finished,
+    "tool_call_failed": _on_tool_failed,
+    "resilience": _on_resilience,
+    "history_trimmed": _on_trimmed,
+    "final_answer": _on_answer,
+    "run_failed": _on_failed,
+}
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+class AuditLedger:
+    """Append-only JSONL (and optional SQLite) of request and run records."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        sqlite: bool = False,
+        queue_size: int = 10_000,
+        prompt_preview_chars: int | None = 512,
+        answer_preview_chars: int | None = 1_024,
+        arguments_preview_chars: int | None = 512,
+        setting: str = "telemetry.ledger_file",
+    ) -> None:
+        self.path = resolve_telemetry_path(path, setting=setting)
+        self.sqlite_path = self.path.with_suffix(".sqlite") if sqlite else None
+        self.prompt_preview_chars = prompt_preview_chars
+        self.answer_preview_chars = answer_preview_chars
+        self.arguments_preview_chars = arguments_preview_chars
+        self._store = _SqliteStore(self.sqlite_path) if self.sqlite_path else None
+        self._writer = LineWriter(
+            JsonlFile(self.path, on_failure=_report_failure),
+            queue_size=queue_size,
+            on_batch=self._store.write_lines if self._store else None,
+            on_failure=_report_failure,
+        )
+        self._not_running_reported = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AuditLedger:
+        t = settings.telemetry
+        full = t.ledger_full_text
+        return cls(
+            settings.logging.log_dir / t.ledger_file,
+            sqlite=t.ledger_sqlite,
+            queue_size=t.queue_size,
+            prompt_preview_chars=None if full else t.prompt_preview_chars,
+            answer_preview_chars=None if full else t.answer_preview_chars,
+            arguments_preview_chars=t.arguments_preview_chars,
+        )
+
+    def begin(self, prompt: str, **kwargs: Any) -> RequestContext:
+        """:meth:`RequestContext.begin` with this ledger's preview sizes."""
+        kwargs.setdefault("prompt_preview_chars", self.prompt_preview_chars)
+        kwargs.setdefault("answer_preview_chars", self.answer_preview_chars)
+        kwargs.setdefault("arguments_preview_chars", self.arguments_preview_chars)
+        return RequestContext.begin(prompt, **kwargs)
+
+    @asynccontextmanager
+    async def request(self, prompt: str, **kwargs: Any) -> AsyncIterator[RequestContext]:
+        """Begin a context, and finish and record it however the block ends."""
+        ctx = self.begin(prompt, **kwargs)
+        try:
+            yield ctx
+        except BaseException as exc:
+            ctx.finish(error=exc)
+            raise
+        finally:
+            ctx.finish()
+            self.record(ctx)
+
+    async def start(self) -> None:
+        if self._store is not None:
+            await asyncio.to_thread(self._store.open)
+        await self._writer.start()
+
+    async def aclose(self) -> None:
+        try:
+            await self._writer.aclose()
+        finally:
+            if self._store is not None:
+                self._store.close()
+
+    async def __aenter__(self) -> AuditLedger:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def record(self, ctx: RequestContext) -> bool:
+        """Queue the request record. Never blocks or raises; False when it was dropped."""
+        try:
+            return self._submit(ctx.to_record())
+        except Exception:
+            logger.opt(exception=True).bind(kind="telemetry").error("audit record failed; dropped")
+            return False
+
+    def record_run(
+        self,
+        run_id: str,
+        *,
+        started_wall: float,
+        finished_wall: float,
+        outcome: Outcome,
+        requests: list[str] | None = None,
+        **meta: Any,
+    ) -> bool:
+        """A summary record for a run made of several requests (a chat session)."""
+        return self._submit(
+            redact(
+                {
+                    "record": "run",
+                    "schema_version": LEDGER_SCHEMA_VERSION,
+                    "run_id": run_id,
+                    "started": _iso(started_wall),
+                    "finished": _iso(finished_wall),
+                    "latency_ms": round((finished_wall - started_wall) * 1000, 3),
+                    "outcome": outcome,
+                    "requests": list(requests or ()),
+                    "meta": meta,
+                }
+            )
+        )
+
+    def stats(self) -> dict[str, Any]:
+        stats = {"path": str(self.path), **self._writer.stats()}
+        stats["sqlite"] = None if self.sqlite_path is None else str(self.sqlite_path)
+        return stats
+
+    def _submit(self, record: dict[str, Any]) -> bool:
+        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+        accepted = self._writer.submit(line)
+        if not accepted and not self._writer.running and not self._not_running_reported:
+            self._not_running_reported = True
+            logger.bind(kind="telemetry", path=str(self.path)).warning(
+                "audit record written while the ledger is not running; dropped and counted"
+            )
+        return accepted
+
+
+def _report_failure(text: str) -> None:
+    logger.bind(kind="telemetry").error(f"audit ledger: {text}")
+
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY, run_id TEXT, started TEXT, finished TEXT, outcome TEXT,
+    latency_ms REAL, model_calls INTEGER, final_host TEXT, final_model TEXT, error_class TEXT,
+    record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS requests_run ON requests(run_id);
+CREATE INDEX IF NOT EXISTS requests_outcome ON requests(outcome);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, started TEXT, finished TEXT, outcome TEXT, record TEXT NOT NULL);
+"""
+
+
+class _SqliteStore:
+    """The optional query mirror. Used only from the writer's worker thread (one at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        with self._lock:
+            if self._db is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.executescript(_SCHEMA)
+                self._db = db
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        self.open()
+        with self._lock:
+            assert self._db is not None
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                for line in lines:
+                    rec = json.loads(line)
+                    if rec.get("record") == "run":
+                        db.execute(
+                            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
+                            (
+                                rec["run_id"],
+                                rec["started"],
+                                rec["finished"],
+                                rec["outcome"],
+                                line.decode(),
+                            ),
+                        )
+                    else:
+                        db.execute(
+                            "INSERT OR REPLACE INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            (
+                                rec["request_id"],
+                                rec["run_id"],
+                                rec["started"],
+                                rec["finished"],
+                                rec["outcome"],
+                                rec["latency_ms"],
+                                rec["model_calls"],
+                                rec["final_host"],
+                                rec["final_model"],
+                                rec["error_class"],
+                                line.decode(),
+                            ),
+                        )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
