@@ -24,7 +24,8 @@ Tree::
     │   └── ToolRefused                           a security validator refused; ``.rule``
     ├── BackendError                              LM Studio / the embedded server
     │   ├── TransientBackendError                 retry may help (connection lost mid-call)
-    │   │   └── HostDown                          the host does not answer
+    │   │   ├── HostDown                          the host does not answer
+    │   │   └── ModelNotLoaded                    the model is not loaded (any more): load, retry
     │   ├── CircuitOpenError                      a breaker refuses calls for now
     │   ├── ModelNotFoundError
     │   ├── ContextOverflowError                  never fail over: compact instead
@@ -63,6 +64,7 @@ __all__ = [
     "LoopDetected",
     "McpError",
     "ModelNotFoundError",
+    "ModelNotLoaded",
     "ResourceExhausted",
     "RunCancelled",
     "RunError",
@@ -242,6 +244,10 @@ class TransientBackendError(BackendError):
 
 class HostDown(TransientBackendError):
     """The host does not answer (refused, reset, frozen past the liveness bound)."""
+
+
+class ModelNotLoaded(TransientBackendError):
+    """The model is downloaded but not loaded (or was unloaded): load it, then retry."""
 
 
 class CircuitOpenError(BackendError):

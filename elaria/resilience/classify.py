@@ -18,7 +18,8 @@ FATAL              no retry on this target; the next target may still work
 
 ``CancelledError`` is not a failure: :func:`classify` raises ``TypeError`` for it so a caller
 cannot accidentally retry or count a cancellation. :func:`to_backend_error` turns an SDK error
-into our typed :mod:`elaria.errors` tree (the original kept as ``__cause__``).
+into our typed :mod:`elaria.errors` tree (the original kept as ``__cause__``); the class survives
+the conversion (``classify(to_backend_error(e)) is classify(e)`` for backend failures).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from elaria.errors import (
     ElariaTimeoutError,
     HostDown,
     ModelNotFoundError,
+    ModelNotLoaded,
     ToolCallMalformed,
     TransientBackendError,
 )
@@ -146,6 +148,8 @@ def classify(exc: BaseException) -> FailureClass:
 def _classify_ours(exc: ElariaError) -> FailureClass:
     if isinstance(exc, HostDown):
         return FailureClass.HOST_DOWN
+    if isinstance(exc, ModelNotLoaded):
+        return FailureClass.MODEL_UNLOADED
     if isinstance(exc, TransientBackendError | CircuitOpenError):
         return FailureClass.TRANSIENT
     if isinstance(exc, ContextOverflowError):
@@ -231,6 +235,8 @@ def to_backend_error(
         return ModelNotFoundError(
             message, host=host, model=model, hint="Download the model in LM Studio first."
         )
-    if kind in (FailureClass.TRANSIENT, FailureClass.MODEL_UNLOADED):
+    if kind is FailureClass.MODEL_UNLOADED:
+        return ModelNotLoaded(message, host=host, model=model, hint=hint)
+    if kind is FailureClass.TRANSIENT:
         return TransientBackendError(message, host=host, model=model, hint=hint)
     return BackendError(message, host=host, model=model, hint=hint)

@@ -17,6 +17,7 @@ from elaria.errors import (
     ElariaTimeoutError,
     HostDown,
     ModelNotFoundError,
+    ModelNotLoaded,
     ToolCallMalformed,
     TransientBackendError,
 )
@@ -74,6 +75,7 @@ CASES: list[tuple[BaseException, FailureClass]] = [
     (OSError("no route"), F.HOST_DOWN),
     (TimeoutError(), F.TRANSIENT),
     (HostDown("x"), F.HOST_DOWN),
+    (ModelNotLoaded("x"), F.MODEL_UNLOADED),
     (TransientBackendError("x"), F.TRANSIENT),
     (CircuitOpenError("x"), F.TRANSIENT),
     (ContextOverflowError("x"), F.CONTEXT_OVERFLOW),
@@ -137,3 +139,12 @@ def test_to_backend_error_maps_into_our_tree() -> None:
     assert type(to_backend_error(msgspec.ValidationError("bad"))) is BackendError
     same = HostDown("already ours")
     assert to_backend_error(same) is same
+
+
+@pytest.mark.parametrize(("exc", "expected"), CASES, ids=lambda v: type(v).__name__)
+def test_conversion_keeps_the_class_of_backend_failures(
+    exc: BaseException, expected: FailureClass
+) -> None:
+    if expected in (F.TOOL_CALL_MALFORMED, F.FATAL):
+        return  # not backend failures with a class of their own
+    assert classify(to_backend_error(exc)) is expected
