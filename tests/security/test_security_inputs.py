@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from elaria.errors import SecurityViolation
@@ -55,6 +55,7 @@ def test_cap_result_says_how_much_was_cut() -> None:
     assert capped.startswith("x" * 100)
 
 
+@settings(deadline=None)  # timing on a shared machine is not the property
 @given(text=st.text(max_size=3_000), cap=st.integers(min_value=200, max_value=2_000))
 def test_property_cap_result_never_exceeds_the_cap(text: str, cap: int) -> None:
     capped = cap_result(text, cap)

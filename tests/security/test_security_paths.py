@@ -265,7 +265,9 @@ _SAFE_NAME = st.text(
 )
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=200)
+@settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None, max_examples=200
+)
 @given(name=_SAFE_NAME)
 def test_property_safe_names_resolve_inside(guard: PathGuard, workspace: Path, name: str) -> None:
     real = guard.resolve(name, for_write=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from elaria.errors import SecurityViolation
@@ -80,6 +80,7 @@ def test_non_strings_are_refused() -> None:
     assert info.value.rule == "shell.type"
 
 
+@settings(deadline=None)  # timing on a shared machine is not the property
 @given(st.text(alphabet=st.characters(categories=("L", "N", "Zs")), max_size=50))
 def test_property_letters_digits_and_spaces_pass(arg: str) -> None:
     if not arg.startswith("-"):

@@ -325,7 +325,9 @@ _VALUES = st.one_of(
 )
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=150)
+@settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None, max_examples=150
+)
 @given(value=_VALUES)
 def test_property_bound_values_round_trip_unchanged(rw: SafeSQLite, value: Any) -> None:
     (row,) = rw.execute("INSERT INTO users(note) VALUES (?) RETURNING note", [value])
