@@ -11,6 +11,7 @@ from elaria.errors import SecurityViolation
 from elaria.security.inputs import cap_result, check_tool_arguments, validate_model_id
 from elaria.security.keys import check_keys
 from elaria.security.paths import PathGuard
+from elaria.security.redact import redact
 from elaria.security.shell import check_program, check_shell_arg
 from elaria.security.sql import SafeSQLite
 from elaria.security.urls import validate_ws_url
@@ -24,6 +25,7 @@ __all__ = [
     "check_program",
     "check_shell_arg",
     "check_tool_arguments",
+    "redact",
     "validate_model_id",
     "validate_ws_url",
 ]
