@@ -12,7 +12,8 @@ history. A round without calls is the answer.
 
 Errors the model caused become tool results (DESIGN.md, "Errors"); a tool's budget running out
 ends the run with ToolBudgetExhausted, identical calls in a row with LoopDetected. A round that
-fails with a transient backend error is retried from history (``ROUND_ATTEMPTS``); tools whose
+fails with a transient backend error (or with every failover target down, e.g. while the pool
+reconnects after a dropped connection) is retried from history (``ROUND_ATTEMPTS``); tools whose
 results are recorded never run again. Context overflow sheds history once and retries.
 
 Loop confinement: everything runs on the caller's event loop; ``on_event`` is called
@@ -50,9 +51,11 @@ from elaria.agent.state import CallRecord, RoundState, RunState, result_text
 from elaria.agent.tools import ArgKind, Tool, ToolRegistry
 from elaria.config import Settings
 from elaria.errors import (
+    AllTargetsFailed,
     ContextOverflowError,
     RunError,
     SecurityViolation,
+    ToolCallMalformed,
     ToolDenied,
     ToolError,
     ToolExecutionError,
@@ -60,7 +63,13 @@ from elaria.errors import (
     ToolTimeoutError,
     TransientBackendError,
 )
-from elaria.lmstudio.rounds import FragmentCallback, RequestedCall, RoundRequest, RoundResult
+from elaria.lmstudio.rounds import (
+    FragmentCallback,
+    MalformedCall,
+    RequestedCall,
+    RoundRequest,
+    RoundResult,
+)
 from elaria.memory.history import ConversationHistory
 from elaria.resilience.backoff import delays
 from elaria.security import cap_result
@@ -335,7 +344,10 @@ class _Run:
                     )
                 )
                 continue
-            except TransientBackendError as exc:
+            except ToolCallMalformed as exc:
+                # The server could not even frame the call: hand it to the repair step.
+                result = RoundResult(text="", malformed=[MalformedCall(exc.message, exc.raw)])
+            except (TransientBackendError, AllTargetsFailed) as exc:
                 if attempt >= ROUND_ATTEMPTS:
                     raise
                 pause = next(pauses)

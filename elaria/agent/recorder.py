@@ -1,0 +1,167 @@
+"""Telemetry for runs: the inference event log per round and the audit record per run.
+
+:class:`Telemetry` owns the sinks for a Runtime (started and closed with it).
+:meth:`Telemetry.recorder` gives a :class:`RunRecorder` per run that
+
+* wraps the predictor, so every prediction round — successful or failed — becomes one
+  :class:`~elaria.telemetry.events.InferenceEvent` line, with the run id and request id;
+* watches the run's agent events and fills the audit ``RequestContext`` as the run goes
+  (tool calls, denials, repairs, retries, trims);
+* writes the audit record in :meth:`RunRecorder.finish`, which the runtime calls in a
+  ``finally``-equivalent path for success, failure and cancellation alike.
+
+Recording never disturbs a run: sinks drop and count instead of raising. Loop-confined.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from loguru import logger
+
+from elaria.agent import events as ev
+from elaria.agent.loop import Predictor, RunResult
+from elaria.config import Settings
+from elaria.lmstudio.rounds import FragmentCallback, RoundRequest, RoundResult
+from elaria.telemetry.events import EventLog
+
+__all__ = ["RunRecorder", "Telemetry"]
+
+
+class Telemetry:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.events: EventLog | None = (
+            EventLog.from_settings(settings) if settings.telemetry.events else None
+        )
+        self.ledger: Any = _open_ledger(settings)
+
+    async def start(self) -> None:
+        if self.events is not None:
+            await self.events.start()
+        if self.ledger is not None:
+            await self.ledger.start()
+
+    async def close(self) -> None:
+        if self.events is not None:
+            await self.events.aclose()
+        if self.ledger is not None:
+            await self.ledger.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if self.events is not None:
+            data["events"] = self.events.stats()
+        if self.ledger is not None:
+            data["ledger"] = self.ledger.stats()
+        return data
+
+    def recorder(self, run_id: str, task: str, *, provider: str) -> RunRecorder:
+        return RunRecorder(self, run_id, task, provider)
+
+
+class RunRecorder:
+    def __init__(self, telemetry: Telemetry, run_id: str, task: str, provider: str) -> None:
+        self.telemetry = telemetry
+        self.run_id = run_id
+        self.provider = provider
+        self.started = time.monotonic()
+        self.context: Any = _new_context(telemetry, run_id, task)
+        self.rounds = 0
+
+    # ------------------------------------------------------------------ rounds
+
+    def wrap(self, predictor: Predictor) -> Predictor:
+        return _RecordingPredictor(predictor, self)
+
+    def round_ok(self, request: RoundRequest, result: RoundResult, seconds: float) -> RoundResult:
+        self.rounds += 1
+        if result.provider != self.provider:
+            result = replace(result, provider=self.provider)
+        log = self.telemetry.events
+        if log is not None:
+            log.round(result, request_id=request.request_id, run_id=self.run_id, latency_s=seconds)
+        _call(self.context, "record_model_call", result=result, seconds=seconds)
+        return result
+
+    def round_failed(self, request: RoundRequest, exc: BaseException, seconds: float) -> None:
+        self.rounds += 1
+        log = self.telemetry.events
+        host = getattr(exc, "host", None) or ""
+        model = getattr(exc, "model", None) or ""
+        if log is not None:
+            log.failed_round(
+                exc,
+                host=host,
+                model=model,
+                latency_s=seconds,
+                provider=self.provider,
+                request_id=request.request_id,
+                run_id=self.run_id,
+            )
+        _call(self.context, "record_model_error", error=exc, seconds=seconds)
+
+    # ------------------------------------------------------------------ run
+
+    def on_event(self, event: ev.AgentEvent) -> None:
+        _call(self.context, "record_agent_event", event=event.to_dict())
+
+    def finish(
+        self,
+        result: RunResult | None,
+        *,
+        error: BaseException | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        ledger = self.telemetry.ledger
+        if ledger is None or self.context is None:
+            return
+        try:
+            if cancelled:
+                self.context.finish_cancelled()
+            elif error is not None:
+                self.context.finish_failed(error)
+            elif result is not None:
+                self.context.finish_ok(result.answer, host=result.host, model=result.model)
+            ledger.write(self.context)
+        except Exception:  # the audit must never break a run
+            logger.opt(exception=True).bind(kind="telemetry").warning("audit record failed")
+
+
+class _RecordingPredictor:
+    def __init__(self, inner: Predictor, recorder: RunRecorder) -> None:
+        self.inner = inner
+        self.recorder = recorder
+
+    async def predict(
+        self, request: RoundRequest, *, on_fragment: FragmentCallback | None = None
+    ) -> RoundResult:
+        started = time.monotonic()
+        try:
+            result = await self.inner.predict(request, on_fragment=on_fragment)
+        except Exception as exc:
+            self.recorder.round_failed(request, exc, time.monotonic() - started)
+            raise
+        return self.recorder.round_ok(request, result, time.monotonic() - started)
+
+
+# ------------------------------------------------------------------ the audit ledger (optional)
+
+
+def _open_ledger(settings: Settings) -> Any:
+    return None
+
+
+def _new_context(telemetry: Telemetry, run_id: str, task: str) -> Any:
+    return None
+
+
+def _call(target: Any, method: str, **kwargs: Any) -> None:
+    if target is None:
+        return
+    try:
+        getattr(target, method)(**kwargs)
+    except Exception:
+        logger.opt(exception=True).bind(kind="telemetry").warning("audit {} failed", method)

@@ -1,0 +1,426 @@
+"""``Runtime``: the whole stack behind one object — backend, pool, tools, guard, history, logs.
+
+Use::
+
+    async with Runtime(settings) as rt:
+        result = await rt.run("List the workspace", on_event=print)
+        async for event in rt.stream("Read notes.md"):
+            ...
+        chat = rt.session()          # keeps history between turns (elaria chat)
+        await chat.send("hello")
+
+What :meth:`Runtime.start` composes, in order (each piece closed by :meth:`Runtime.close`, in
+reverse, even when start-up fails half-way):
+
+1. saved approval rules merged into the settings (:func:`~elaria.agent.approval.with_saved_rules`);
+2. the :class:`~elaria.memory.monitor.MemoryMonitor` (a run is refused while memory is critical);
+3. the backend (:mod:`elaria.backend`): LM Studio when reachable (``lmstudio``: fail fast with a
+   readable error when it is not), else — with ``auto`` or ``embedded`` — the embedded server with
+   the tiny llama.cpp model (or the ``engine`` given, e.g. a ``ScriptedEngine`` in tests);
+4. the :class:`~elaria.lmstudio.pool.ClientPool` and the predictor over it;
+5. the tool registry: the built-in ``python_tools`` for the workspace, the caller's tools, and
+   the MCP bridge's tools when ``mcp.config`` is set — one registry, one guard for all;
+6. telemetry: the inference event log and the audit ledger, filled as each run goes.
+
+Every run gets its own :class:`~elaria.agent.loop.AgentLoop` and
+:class:`~elaria.memory.history.ConversationHistory` (budget: the loaded model's context length),
+so concurrent ``run`` calls are independent; a :class:`ChatSession` keeps one history across
+turns.
+
+Loop confinement: a Runtime belongs to the event loop that started it. Cancelling a ``run`` (or
+leaving a ``stream`` early) cancels the prediction on the server and the running tools, and the
+audit record is still written. :meth:`close` leaves no task, socket, thread or child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from elaria.agent import events as ev
+from elaria.agent.approval import (
+    ApprovalCallback,
+    ApprovalPolicy,
+    ApprovalStore,
+    approvals_path,
+    with_saved_rules,
+)
+from elaria.agent.backend import Backend, BackendChoice, open_backend
+from elaria.agent.guard import ArgumentValidator
+from elaria.agent.loop import AgentLoop, EventCallback, Predictor, RunResult
+from elaria.agent.recorder import Telemetry
+from elaria.agent.tools import ArgKind, Tool, ToolRegistry
+from elaria.config import Settings, load_settings
+from elaria.errors import ConfigError, ElariaError, RunError
+from elaria.lmstudio.pool import ClientPool
+from elaria.memory.history import ConversationHistory
+from elaria.memory.monitor import MemoryMonitor
+
+__all__ = ["ChatSession", "Runtime", "ToolLike"]
+
+#: A tool as callers give it: a Tool, or a typed function that becomes one.
+ToolLike = Tool | Callable[..., Any]
+
+#: Events queued for a ``stream`` consumer at most; beyond that the run waits for the reader.
+STREAM_QUEUE_SIZE = 1_000
+
+
+class Runtime:
+    """See the module docstring. Not reusable after :meth:`close`."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        backend: BackendChoice = "auto",
+        model: str | None = None,
+        workspace: Path | str | None = None,
+        engine: Any = None,
+        tools: Iterable[ToolLike] = (),
+        builtin_tools: bool = True,
+        approve: ApprovalCallback | None = None,
+        monitor: MemoryMonitor | None = None,
+    ) -> None:
+        base = settings if settings is not None else load_settings()
+        updates: dict[str, Any] = {}
+        if workspace is not None:
+            updates["workspace"] = Path(workspace)
+        if updates:
+            base = base.model_copy(
+                update={"agent": base.agent.model_copy(update=updates)}, deep=True
+            )
+        if model is not None:
+            base = base.model_copy(
+                update={"lmstudio": base.lmstudio.model_copy(update={"model": model})}, deep=True
+            )
+        self.settings = base
+        self.backend_choice = backend
+        self._engine = engine
+        self._extra_tools = list(tools)
+        self._builtin_tools = builtin_tools
+        self.approve = approve
+        self.monitor = monitor
+        self.registry = ToolRegistry()
+        self.backend: Backend | None = None
+        self.pool: ClientPool | None = None
+        self.predictor: Predictor | None = None
+        self.policy: ApprovalPolicy | None = None
+        self.validators: dict[ArgKind, ArgumentValidator] = {}
+        self.telemetry: Telemetry | None = None
+        self._mcp: Any = None
+        self._started = False
+        self._closed = False
+        self._stack = contextlib.AsyncExitStack()
+        self._runs: set[asyncio.Task[Any]] = set()
+        self._started_at = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RunError("this Runtime was closed", hint="Create a new Runtime.")
+        if self._started:
+            return
+        self._started = True
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
+        self.settings = with_saved_rules(self.settings)
+        agent = self.settings.agent
+        self.policy = ApprovalPolicy(agent, ApprovalStore(approvals_path(agent)))
+        if self.monitor is None:
+            self.monitor = MemoryMonitor(self.settings.memory)
+            await self.monitor.start()
+            self._stack.push_async_callback(self.monitor.stop)
+        self.monitor.check_admission()
+        self.telemetry = Telemetry(self.settings)
+        await self.telemetry.start()
+        self._stack.push_async_callback(self.telemetry.close)
+        self.backend = await self._stack.enter_async_context(
+            open_backend(self.settings, self.backend_choice, engine=self._engine)
+        )
+        self.settings = self.backend.settings
+        self.pool = ClientPool(self.settings.lmstudio, self.settings.reconnect)
+        self._stack.push_async_callback(self.pool.close)
+        self.predictor = self.backend.predictor(self.pool)
+        await self._register_tools()
+
+    async def _register_tools(self) -> None:
+        from elaria.mcp.firewall import default_validators
+
+        workspace = self.workspace
+        roots = [workspace, *self.settings.security.allowed_roots]
+        if self._builtin_tools:
+            from elaria.agent.workspace import builtin_tools, ensure_sample_workspace
+
+            ensure_sample_workspace(workspace)
+            for tool in builtin_tools(self.settings, workspace):
+                self.registry.add(tool)
+        self.validators = default_validators([Path(r) for r in roots])
+        for item in self._extra_tools:
+            self.registry.add(item if isinstance(item, Tool) else Tool.from_function(item))
+        if self.settings.mcp.config is not None:
+            await self._start_mcp(workspace)
+        self._apply_tool_filters()
+
+    async def _start_mcp(self, workspace: Path) -> None:
+        from elaria.mcp.client import McpBridge
+        from elaria.mcp.config import load_mcp_config
+
+        path = self.settings.mcp.config
+        assert path is not None
+        bridge = McpBridge(
+            load_mcp_config(path),
+            self.settings.mcp,
+            workspace=workspace,
+            max_argument_chars=self.settings.agent.max_argument_chars,
+        )
+        self._mcp = bridge
+        self._stack.push_async_callback(bridge.aclose)
+        await bridge.start()
+        bridge.register(self.registry)
+        approvals = bridge.approvals()
+        if approvals and self.policy is not None:
+            agent = self.settings.agent
+            modes = {**approvals, **agent.approval}  # the operator's settings win
+            merged = agent.model_copy(update={"approval": modes})
+            self.settings = self.settings.model_copy(update={"agent": merged})
+            self.policy = ApprovalPolicy(merged, ApprovalStore(approvals_path(merged)))
+
+    def _apply_tool_filters(self) -> None:
+        agent = self.settings.agent
+        keep = set(agent.tools) if agent.tools is not None else None
+        drop = set(agent.disabled_tools)
+        unknown = ((keep or set()) | drop) - set(self.registry.names())
+        if unknown:
+            raise ConfigError(
+                "agent.tools / agent.disabled_tools name unknown tools: "
+                + ", ".join(sorted(unknown)),
+                where="agent.tools",
+                hint=f"Available tools: {', '.join(self.registry.names()) or 'none'}.",
+            )
+        kept = [t for t in self.registry if (keep is None or t.name in keep) and t.name not in drop]
+        self.registry = ToolRegistry(kept)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._runs):
+            task.cancel()
+        if self._runs:
+            await asyncio.gather(*self._runs, return_exceptions=True)
+        await self._stack.aclose()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def workspace(self) -> Path:
+        return Path(self.settings.agent.workspace).expanduser().resolve()
+
+    def tools(self) -> list[Tool]:
+        return list(self.registry)
+
+    def stats(self) -> dict[str, Any]:
+        """Every component's stats, for the health snapshot."""
+        data: dict[str, Any] = {
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "backend": self.backend.describe() if self.backend else None,
+            "tools": self.registry.names(),
+            "runs_in_flight": len(self._runs),
+        }
+        if self.pool is not None:
+            data["pool"] = self.pool.stats()
+        if self.monitor is not None:
+            data["memory"] = self.monitor.stats()
+        if self._mcp is not None:
+            data["mcp"] = self._mcp.stats()
+        if self.telemetry is not None:
+            data["telemetry"] = self.telemetry.stats()
+        return data
+
+    # ------------------------------------------------------------------ runs
+
+    def _loop_for(
+        self,
+        history: ConversationHistory,
+        tools: Iterable[ToolLike] | None,
+        predictor: Predictor | None = None,
+    ) -> AgentLoop:
+        if not self._started or self._closed or self.predictor is None:
+            raise RunError(
+                "the Runtime is not running",
+                hint="Use 'async with Runtime(...) as rt:' (or await rt.start()) first.",
+            )
+        assert self.monitor is not None
+        assert self.policy is not None
+        self.monitor.check_admission()
+        registry = self.registry
+        if tools is not None:
+            registry = ToolRegistry(list(self.registry))
+            for item in tools:
+                registry.add(item if isinstance(item, Tool) else Tool.from_function(item))
+        return AgentLoop(
+            predictor or self.predictor,
+            registry,
+            self.settings,
+            history,
+            policy=self.policy,
+            validators=self.validators,
+            approve=self.approve,
+        )
+
+    async def new_history(self) -> ConversationHistory:
+        """A history whose token budget comes from the loaded model."""
+        history = ConversationHistory(self.settings.history)
+        if self.backend is not None and self.pool is not None:
+            info = await self.backend.model_info(self.pool)
+            if info.context_length:
+                history.set_context_length(info.context_length)
+            if info.count_tokens is not None:
+                history.attach_counter(info.count_tokens)
+        return history
+
+    async def run(
+        self,
+        task: str,
+        *,
+        tools: Iterable[ToolLike] | None = None,
+        on_event: EventCallback | None = None,
+        history: ConversationHistory | None = None,
+    ) -> RunResult:
+        """Run ``task`` to an answer.
+
+        Raises RunError subclasses, BackendError, ResourceExhausted; CancelledError when
+        cancelled (after cancelling the prediction and tools and writing the audit record).
+        """
+        if not task.strip():
+            raise RunError("the task is empty", hint="Say what the agent should do.")
+        history = history if history is not None else await self.new_history()
+        run_id = uuid.uuid4().hex
+        if self.telemetry is None or self.predictor is None:
+            raise RunError(
+                "the Runtime is not running",
+                hint="Use 'async with Runtime(...) as rt:' (or await rt.start()) first.",
+            )
+        recorder = self.telemetry.recorder(run_id, task, provider=self._provider())
+        loop = self._loop_for(history, tools, recorder.wrap(self.predictor))
+        callback = _fan_out(recorder.on_event, on_event)
+        current = asyncio.current_task()
+        if current is not None:
+            self._runs.add(current)
+        try:
+            result = await loop.run(task, on_event=callback, run_id=run_id)
+        except asyncio.CancelledError:
+            recorder.finish(None, cancelled=True)
+            raise
+        except Exception as exc:
+            recorder.finish(None, error=exc)
+            raise
+        finally:
+            if current is not None:
+                self._runs.discard(current)
+        recorder.finish(result)
+        return result
+
+    async def stream(
+        self,
+        task: str,
+        *,
+        tools: Iterable[ToolLike] | None = None,
+        history: ConversationHistory | None = None,
+    ) -> AsyncIterator[ev.AgentEvent]:
+        """The run's events as they happen; ends after ``FinalAnswer`` (or raises the error).
+
+        Leaving the iteration early cancels the run.
+        """
+        queue: asyncio.Queue[ev.AgentEvent | None] = asyncio.Queue(STREAM_QUEUE_SIZE)
+
+        def put(event: ev.AgentEvent) -> None:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(event)
+
+        async def drive() -> RunResult:
+            try:
+                return await self.run(task, tools=tools, on_event=put, history=history)
+            finally:
+                queue.put_nowait(None) if not queue.full() else None
+
+        runner = asyncio.create_task(drive())
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                yield event
+            await runner  # re-raises the run's error
+        finally:
+            if not runner.done():
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ElariaError):
+                    await runner
+
+    def session(self, system_prompt: str | None = None) -> ChatSession:
+        return ChatSession(self, system_prompt)
+
+    def _provider(self) -> str:
+        return self.backend.kind if self.backend is not None else "lmstudio"
+
+
+class ChatSession:
+    """Turns that share one history (``elaria chat``)."""
+
+    def __init__(self, runtime: Runtime, system_prompt: str | None = None) -> None:
+        self.runtime = runtime
+        self.system_prompt = system_prompt
+        self.history: ConversationHistory | None = None
+        self.turns = 0
+
+    async def send(self, text: str, *, on_event: EventCallback | None = None) -> RunResult:
+        if self.history is None:
+            self.history = await self.runtime.new_history()
+            if self.system_prompt:
+                self.history.add(
+                    {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}
+                )
+        result = await self.runtime.run(text, on_event=on_event, history=self.history)
+        self.turns += 1
+        return result
+
+    def reset(self) -> None:
+        self.history = None
+        self.turns = 0
+
+    def messages(self) -> list[Mapping[str, Any]]:
+        return list(self.history.get_all()) if self.history is not None else []
+
+
+def _fan_out(*callbacks: EventCallback | None) -> EventCallback:
+    active = [c for c in callbacks if c is not None]
+
+    def call(event: ev.AgentEvent) -> None:
+        for callback in active:
+            try:
+                callback(event)
+            except Exception:
+                logger.opt(exception=True).warning("event callback failed for {}", event.kind)
+
+    return call
