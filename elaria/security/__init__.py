@@ -14,6 +14,7 @@ from elaria.security.paths import PathGuard
 from elaria.security.redact import redact
 from elaria.security.shell import check_program, check_shell_arg
 from elaria.security.sql import SafeSQLite
+from elaria.security.sqlcheck import check_sql
 from elaria.security.urls import validate_ws_url
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "check_keys",
     "check_program",
     "check_shell_arg",
+    "check_sql",
     "check_tool_arguments",
     "redact",
     "validate_model_id",

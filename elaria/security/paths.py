@@ -83,7 +83,8 @@ class PathGuard:
         """The real absolute path, inside a root; or :class:`SecurityViolation`.
 
         Reading: the path must exist. Writing: its parent must exist inside a root; the leaf may
-        not exist yet (if it is a symlink, its target must be inside a root).
+        not exist yet (if it is a symlink, its target must be inside a root); an existing
+        directory inside a root is accepted too (a place to write into).
         """
         text = self._as_text(path)
         check_path_text(text)  # first, so the readings below work on bounded input
@@ -142,11 +143,17 @@ class PathGuard:
         return real
 
     def _resolve_write(self, text: str) -> str:
-        head, leaf = os.path.split(os.path.join(self._base, text))
+        joined = os.path.join(self._base, text)
+        if os.path.isdir(joined):  # a directory to write into: it must itself be inside
+            real = os.path.realpath(joined)
+            self._require_inside(real, text)
+            return real
+        head, leaf = os.path.split(joined)
         if leaf in ("", ".", ".."):
+            self._require_inside(os.path.realpath(joined), text)
             raise refuse(
-                "path.not_a_file",
-                f"{text!r} does not name a file; add a file name",
+                "path.parent_missing",
+                f"the directory {text!r} does not exist; write into an existing directory",
                 value=text,
                 severity="low",
             )
@@ -161,13 +168,6 @@ class PathGuard:
             )
         real = os.path.realpath(os.path.join(parent, leaf))
         self._require_inside(real, text)
-        if os.path.isdir(real):
-            raise refuse(
-                "path.not_a_file",
-                f"{text!r} is a directory; add a file name",
-                value=text,
-                severity="low",
-            )
         return real
 
     # ---------------------------------------------------------------- open

@@ -31,14 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from elaria.security.sqltokens import (
-    SqlSyntaxError,
-    Token,
-    cte_names,
-    respell_double_quotes,
-    significant,
-    tokenize,
-)
+from elaria.security.sqlcheck import SYSTEM_TABLES, checked_tokens
+from elaria.security.sqltokens import Token, cte_names, respell_double_quotes
 from elaria.security.violations import refuse
 
 __all__ = ["SYSTEM_TABLES", "SafeSQLite", "SqlParams"]
@@ -54,38 +48,9 @@ MAX_VALUE_BYTES = 16 * 1024 * 1024
 #: Rows one call may return before the model is told to narrow the query.
 DEFAULT_MAX_ROWS = 10_000
 
-SYSTEM_TABLES = frozenset(
-    {
-        "sqlite_master",
-        "sqlite_schema",
-        "sqlite_temp_master",
-        "sqlite_temp_schema",
-        "sqlite_sequence",
-        "sqlite_stat1",
-        "sqlite_stat2",
-        "sqlite_stat3",
-        "sqlite_stat4",
-    }
-)
 _DENIED_FUNCTIONS = frozenset(
     {"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit", "zipfile"}
 )
-_READ_STATEMENTS = frozenset({"SELECT", "WITH", "VALUES"})
-_WRITE_STATEMENTS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
-_STATEMENT_RULES = {
-    "ATTACH": ("sql.attach", "ATTACH is not allowed; query the tables of this database"),
-    "DETACH": ("sql.attach", "DETACH is not allowed"),
-    "VACUUM": ("sql.vacuum", "VACUUM (and VACUUM INTO) is not allowed"),
-    "PRAGMA": ("sql.pragma", "PRAGMA is not allowed; use the describe_table tool for schemas"),
-    **{
-        k: ("sql.ddl", f"{k} is not allowed: the schema cannot be changed")
-        for k in ("CREATE", "DROP", "ALTER", "REINDEX", "ANALYZE")
-    },
-    **dict.fromkeys(
-        ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"),
-        ("sql.transaction", "transaction control is not allowed: each statement commits alone"),
-    ),
-}
 _ALLOWED_PARAM_TYPES = (str, int, float, bytes, type(None))
 
 
@@ -160,7 +125,7 @@ class SafeSQLite:
         self, sql: str, params: SqlParams = (), *, limit: int
     ) -> tuple[list[dict[str, Any]], bool]:
         """Like :meth:`execute`, but returns at most ``limit`` rows and whether more existed."""
-        tokens = self._check_text(sql)
+        tokens = checked_tokens(sql, read_only=self.read_only)
         self._check_params(tokens, params)
         prepared = respell_double_quotes(tokens)
         with self._lock, self._guarded(cte_names(tokens), sql):
@@ -213,78 +178,6 @@ class SafeSQLite:
         return self._allowed is None or lowered in self._allowed
 
     # ---------------------------------------------------------------- checks before SQLite
-
-    def _check_text(self, sql: str) -> list[Token]:
-        try:
-            tokens = tokenize(sql)
-        except SqlSyntaxError as exc:
-            raise refuse("sql.syntax", f"the SQL cannot be read: {exc}", value=sql) from None
-        sig = significant(tokens)
-        if not sig:
-            raise refuse("sql.empty", "the SQL is empty; send one statement", severity="low")
-        for tok in sig:
-            if tok.kind in ("string", "blob"):
-                raise refuse(
-                    "sql.literal",
-                    f"the SQL contains the literal {tok.text[:60]} : put values in the parameters "
-                    "and write ? (or :name) in the SQL instead",
-                    value=sql,
-                )
-        semicolons = [i for i, tok in enumerate(sig) if tok.kind == "semicolon"]
-        if semicolons and semicolons[0] != len(sig) - 1:
-            raise refuse(
-                "sql.multiple_statements",
-                "only one SQL statement per call is allowed; send the statements one at a time",
-                value=sql,
-                severity="high",
-            )
-        # SQLite's own tokenizer must agree about where the statement ends.
-        end = sig[semicolons[0]].start + 1 if semicolons else None
-        agrees = (
-            sqlite3.complete_statement(sql[:end]) if end else not sqlite3.complete_statement(sql)
-        )
-        if not agrees:
-            raise refuse("sql.syntax", "the SQL statement boundaries are ambiguous", value=sql)
-        self._check_keyword(sig[0], sql)
-        for tok in sig:
-            self._check_name(tok, sql)
-        return tokens
-
-    def _check_keyword(self, first: Token, sql: str) -> None:
-        keyword = first.upper if first.kind == "word" else first.text
-        if keyword in _READ_STATEMENTS:
-            return
-        if keyword in _WRITE_STATEMENTS:
-            if not self.read_only:
-                return
-            raise refuse(
-                "sql.read_only",
-                f"{keyword} is not allowed: this database is read-only; use SELECT",
-                value=sql,
-            )
-        rule, message = _STATEMENT_RULES.get(
-            keyword, ("sql.statement", f"statement {keyword!r} is not allowed")
-        )
-        allowed = "SELECT" if self.read_only else "SELECT, INSERT, UPDATE, DELETE or REPLACE"
-        raise refuse(rule, f"{message}. Allowed: one {allowed}", value=sql, severity="high")
-
-    def _check_name(self, tok: Token, sql: str) -> None:
-        if tok.kind not in ("word", "ident"):
-            return
-        lowered = tok.name.lower()
-        if lowered in SYSTEM_TABLES:
-            raise refuse(
-                "sql.system_table",
-                f"{tok.name} is not available; use the list_tables and describe_table tools",
-                value=sql,
-                severity="high",
-            )
-        if lowered.startswith("pragma_"):
-            raise refuse("sql.pragma", f"{tok.name} (a PRAGMA function) is not allowed", value=sql)
-        if lowered == "load_extension":
-            raise refuse(
-                "sql.load_extension", "load_extension() is not allowed", value=sql, severity="high"
-            )
 
     def _check_params(self, tokens: list[Token], params: SqlParams) -> None:
         placeholders = [t.text for t in tokens if t.kind == "param"]

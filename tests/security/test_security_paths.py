@@ -58,9 +58,8 @@ def test_a_file_literally_named_dotdot_foo_passes(guard: PathGuard, workspace: P
 )
 def test_dotdot_and_absolute_escapes_are_refused(guard: PathGuard, path: str) -> None:
     assert _rule(guard, path) == "path.escape"
-    assert _rule(guard, path + "/x" if path != "/etc/passwd" else path, for_write=True) in (
-        "path.escape",
-    )
+    assert _rule(guard, path, for_write=True) == "path.escape"
+    assert _rule(guard, path + "/new.txt", for_write=True) == "path.escape"
 
 
 def test_prefix_sibling_directory_is_outside(guard: PathGuard, workspace: Path) -> None:
@@ -216,8 +215,17 @@ def test_writing_needs_an_existing_parent_inside(guard: PathGuard, workspace: Pa
     assert guard.resolve("new.txt", for_write=True) == workspace.resolve() / "new.txt"
     assert guard.resolve("sub/new.txt", for_write=True) == workspace.resolve() / "sub" / "new.txt"
     assert _rule(guard, "nodir/new.txt", for_write=True) == "path.parent_missing"
-    assert _rule(guard, "sub/", for_write=True) == "path.not_a_file"
-    assert _rule(guard, str(workspace), for_write=True) == "path.escape"
+    assert _rule(guard, "nodir/", for_write=True) == "path.parent_missing"
+    assert _rule(guard, str(workspace.parent), for_write=True) == "path.escape"
+    assert _rule(guard, str(workspace.parent / "new.txt"), for_write=True) == "path.escape"
+
+
+def test_existing_directories_inside_are_writable_places(guard: PathGuard, workspace: Path) -> None:
+    real = workspace.resolve()
+    assert guard.resolve(".", for_write=True) == real
+    assert guard.resolve("sub/", for_write=True) == real / "sub"
+    assert guard.resolve(str(workspace), for_write=True) == real
+    assert _rule(guard, "..", for_write=True) == "path.escape"
 
 
 def test_symlink_loops_are_refused(guard: PathGuard, workspace: Path) -> None:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from elaria.errors import SecurityViolation
-from elaria.security import SafeSQLite
+from elaria.security import SafeSQLite, check_sql
 
 
 @pytest.fixture
@@ -333,3 +333,18 @@ def test_property_bound_values_round_trip_unchanged(rw: SafeSQLite, value: Any) 
     (row,) = rw.execute("INSERT INTO users(note) VALUES (?) RETURNING note", [value])
     assert row["note"] == value
     assert type(row["note"]) is type(value)
+
+
+def test_check_sql_applies_the_text_rules_without_a_database() -> None:
+    assert check_sql("SELECT * FROM t WHERE a = ?") == "SELECT * FROM t WHERE a = ?"
+    assert check_sql("DELETE FROM t WHERE id = ?", read_only=False)
+    for sql, rule in [
+        ("SELECT 'x'", "sql.literal"),
+        ("SELECT 1; SELECT 2", "sql.multiple_statements"),
+        ("ATTACH ? AS x", "sql.attach"),
+        ("DELETE FROM t", "sql.read_only"),
+        ("SELECT * FROM sqlite_master", "sql.system_table"),
+    ]:
+        with pytest.raises(SecurityViolation) as info:
+            check_sql(sql)
+        assert info.value.rule == rule
