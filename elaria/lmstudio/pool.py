@@ -59,7 +59,7 @@ from cachetools import TTLCache
 from loguru import logger
 
 from elaria.config import LMStudioSettings, ReconnectSettings
-from elaria.errors import BackendError, ConfigError, ElariaTimeoutError, HostDown
+from elaria.errors import BackendError, ConfigError, ElariaError, ElariaTimeoutError, HostDown
 from elaria.resilience.backoff import ReconnectBackoff
 from elaria.resilience.classify import FailureClass, classify, to_backend_error
 from elaria.resilience.retry import with_timeout
@@ -245,7 +245,9 @@ class ClientPool:
     @contextlib.asynccontextmanager
     async def lease(self, host: str) -> AsyncIterator[Lease]:
         """Borrow ``host``'s client. Errors raised inside are observed (a host-down error evicts
-        the client; any other error triggers a probe) and re-raised unchanged."""
+        the client; a transient one triggers a probe) and re-raised as our typed errors
+        (:func:`~elaria.resilience.classify.to_backend_error`, the SDK's error as ``__cause__``);
+        cancellations pass through untouched."""
         h = self._host(host)
         conn = await self._connection(h)
         h.in_flight += 1
@@ -254,7 +256,9 @@ class ClientPool:
             yield Lease(host, conn)
         except Exception as exc:
             self._observe_error(h, conn, exc)
-            raise
+            if isinstance(exc, ElariaError) or classify(exc) is FailureClass.TOOL_CALL_MALFORMED:
+                raise
+            raise to_backend_error(exc, host=host) from exc
         finally:
             h.in_flight -= 1
             h.last_used = self._clock()
@@ -471,8 +475,11 @@ class ClientPool:
                 h.failures_in_a_row = 0
                 await self._watch(h)
         finally:
-            if h.conn is not None:
-                self._evict(h, h.conn, "pool closing" if self._closed else "idle")
+            conn = h.conn
+            if conn is not None:
+                self._evict(h, conn, "pool closing" if self._closed else "idle")
+                # Its owner closes the client; wait so "closed" means the sockets are gone.
+                await asyncio.wait({conn.owner}, timeout=CLOSE_TIMEOUT_S)
             if h.next_attempt is not None and not h.next_attempt.done():
                 h.next_attempt.set_exception(HostDown("not connected", host=h.url))
                 h.next_attempt.exception()
@@ -592,6 +599,8 @@ class ClientPool:
                 break
             h.backoff.still_up()
         self._evict(h, conn, reason)
+        if h.stopping:
+            await asyncio.wait({conn.owner}, timeout=CLOSE_TIMEOUT_S)
         h.backoff.disconnected()
         h.next_attempt_at = self._clock() + h.backoff.next_delay()
         if not h.stopping:

@@ -1,0 +1,196 @@
+"""A prediction round through the pool against the real SDK and the embedded server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from elaria.config import LMStudioSettings, ReconnectSettings, Settings
+from elaria.embedded import EmbeddedServer, ScriptedEngine, malformed_call, reply, tool_call
+from elaria.errors import ConfigError, ElariaTimeoutError
+from elaria.lmstudio.failover import Failover
+from elaria.lmstudio.pool import ClientPool, api_host_of
+from elaria.lmstudio.predict import predict_round
+from elaria.lmstudio.rounds import RoundRequest
+
+ADD_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two numbers",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}},
+    },
+}
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+
+async def test_round_returns_text_tool_calls_and_malformed_calls(
+    server: EmbeddedServer, engine: ScriptedEngine, lms_settings: LMStudioSettings
+) -> None:
+    engine.script(
+        reply("hello there"),
+        tool_call("add", {"a": 1}, id="call_1", text="let me add"),
+        malformed_call("<tool_call>{not json"),
+    )
+    request = RoundRequest(messages=[user("hi")], tools=[ADD_TOOL], temperature=0.0)
+    fragments: list[str] = []
+    async with ClientPool(lms_settings) as pool, pool.lease(server.ws_url) as lease:
+        handle = await pool.model_handle(lease, "scripted-llm")
+        first = await predict_round(
+            lease, handle.identifier, request, lms_settings, fragments.append
+        )
+        second = await predict_round(lease, handle.identifier, request, lms_settings)
+        third = await predict_round(lease, handle.identifier, request, lms_settings)
+    assert first.text == "hello there"
+    assert "".join(fragments) == "hello there"
+    assert first.stop_reason == "eosFound"
+    assert first.predicted_tokens == 2
+    assert first.time_to_first_token_s is not None
+    assert first.host == server.ws_url
+    assert second.text == "let me add"
+    assert [(c.name, c.arguments, c.id) for c in second.tool_calls] == [("add", {"a": 1}, "call_1")]
+    # The SDK would raise here and lose the raw text; the round keeps it for a repair.
+    assert third.tool_calls == ()
+    assert len(third.malformed) == 1
+    assert third.malformed[0].raw == "<tool_call>{not json"
+    sent = engine.requests[0]
+    assert [t["function"]["name"] for t in sent.tools or ()] == ["add"]
+    assert sent.temperature == 0.0
+
+
+async def test_a_last_round_sends_no_tools_and_history_round_trips(
+    server: EmbeddedServer, engine: ScriptedEngine, lms_settings: LMStudioSettings
+) -> None:
+    history = [
+        user("add 1"),
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "ok"},
+                {
+                    "type": "toolCallRequest",
+                    "toolCallRequest": {
+                        "type": "function",
+                        "name": "add",
+                        "id": "c1",
+                        "arguments": {"a": 1},
+                    },
+                },
+            ],
+        },
+        {
+            "role": "tool",
+            "content": [{"type": "toolCallResult", "content": "1", "toolCallId": "c1"}],
+        },
+    ]
+    async with ClientPool(lms_settings) as pool, pool.lease(server.ws_url) as lease:
+        handle = await pool.model_handle(lease, None)
+        result = await predict_round(
+            lease, handle.identifier, RoundRequest(messages=history), lms_settings
+        )
+    assert result.text
+    sent = engine.requests[0]
+    assert sent.tools is None
+    assert [m["role"] for m in sent.messages] == ["user", "assistant", "tool"]
+
+
+async def test_first_token_deadline_cancels_the_prediction_on_the_server(
+    server: EmbeddedServer, engine: ScriptedEngine
+) -> None:
+    gate = asyncio.Event()
+    engine.script(reply("never arrives", gate=gate, gate_after=0))
+    settings = LMStudioSettings(hosts=[server.ws_url], first_token_timeout_ms=500)
+    async with ClientPool(settings) as pool, pool.lease(server.ws_url) as lease:
+        handle = await pool.model_handle(lease, "scripted-llm")
+        with pytest.raises(ElariaTimeoutError) as info:
+            await predict_round(
+                lease, handle.identifier, RoundRequest(messages=[user("x")]), settings
+            )
+        assert info.value.operation == "first token"
+        # The server heard the cancel and stopped the generation.
+        async with asyncio.timeout(5):
+            while ("stopped", 1) not in engine.log:
+                await asyncio.sleep(0.01)
+
+
+async def test_cancelling_the_caller_cancels_the_prediction_on_the_server(
+    server: EmbeddedServer, engine: ScriptedEngine, lms_settings: LMStudioSettings
+) -> None:
+    gate = asyncio.Event()
+    engine.script(reply("one two three four", gate=gate, gate_after=1))
+    pool = ClientPool(lms_settings)
+    fragments: list[str] = []
+    got_one = asyncio.Event()
+
+    def on_fragment(text: str) -> None:
+        fragments.append(text)
+        got_one.set()
+
+    async def run() -> None:
+        async with pool.lease(server.ws_url) as lease:
+            handle = await pool.model_handle(lease, "scripted-llm")
+            await predict_round(
+                lease,
+                handle.identifier,
+                RoundRequest(messages=[user("x")]),
+                lms_settings,
+                on_fragment,
+            )
+
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(got_one.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(5):
+        while ("stopped", 1) not in engine.log:
+            await asyncio.sleep(0.01)
+    assert fragments == ["one"]
+    assert pool.stats()[server.ws_url]["in_flight"] == 0
+    await pool.close()
+
+
+async def test_model_questions_for_the_agent(
+    server: EmbeddedServer, lms_settings: LMStudioSettings
+) -> None:
+    settings = Settings(lmstudio=lms_settings)
+    async with ClientPool(lms_settings) as pool:
+        failover = Failover(pool, settings)
+        assert await failover.context_length() > 0
+        assert await failover.count_tokens("one two three") >= 3
+        models = await failover.list_models(server.ws_url)
+    keys = {m["model_key"] for m in models["downloaded"]}
+    assert {"scripted-llm", "scripted-embedding"} <= keys
+    assert "scripted-llm" in {m["identifier"] for m in models["loaded"]}
+
+
+def test_host_urls_are_translated_for_the_sdk_and_bad_ones_refused() -> None:
+    assert api_host_of("ws://localhost:1234") == "localhost:1234"
+    assert api_host_of("ws://[::1]:1234/") == "[::1]:1234"
+    for bad in ("wss://h:1", "ws://h", "http://h:1", "ws://h:1/path", "ws://h:99999"):
+        with pytest.raises(ConfigError):
+            api_host_of(bad)
+
+
+async def test_handles_are_cached_and_the_pool_reports_its_state(
+    server: EmbeddedServer, lms_settings: LMStudioSettings
+) -> None:
+    async with ClientPool(lms_settings, ReconnectSettings()) as pool:
+        async with pool.lease(server.ws_url) as lease:
+            a, b = await asyncio.gather(
+                pool.model_handle(lease, "scripted-llm"), pool.model_handle(lease, "scripted-llm")
+            )
+            assert a is b
+            assert await pool.model_handle(lease, "scripted-llm") is a
+            assert "in_flight=1" in repr(pool)
+        stats = pool.stats()[server.ws_url]
+        assert stats["state"] == "connected"
+        assert stats["cached_handles"] == ["scripted-llm"]
+        assert stats["in_flight"] == 0
+        assert f"{server.ws_url}=connected" in repr(pool)
+    assert "closed" in repr(pool)
