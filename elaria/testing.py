@@ -16,6 +16,14 @@ By default every model of the engine's catalogue is preloaded.
 Loop contract: the in-process server runs on the loop that entered the context; sync SDK
 clients (which run their own thread) may talk to it as long as that loop keeps running, e.g.
 with ``await asyncio.to_thread(sync_code)``.
+
+Subprocess (for SIGKILL / SIGSTOP): :class:`ServerProcess` runs ``elaria serve`` in a child,
+waits for its ready line (bounded), and exposes ``pid``, ``api_host``, ``kill()``,
+``freeze()``/``thaw()``, ``restart()`` (same port) and ``stop()``; it always cleans up on exit.
+
+Pytest fixtures (need pytest and pytest-asyncio; import them into your ``conftest.py``):
+``scripted_engine``, ``embedded_lmstudio`` (an in-process server over ``scripted_engine``) and
+``embedded_lmstudio_process`` (a started :class:`ServerProcess`).
 """
 
 from __future__ import annotations
@@ -23,8 +31,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,10 +51,15 @@ from elaria.embedded.faults import Faults
 from elaria.embedded.scripted import ScriptedEngine
 from elaria.embedded.server import EmbeddedServer
 
-__all__ = ["RawSession", "embedded_server", "raw_session"]
+__all__ = ["RawSession", "ServerProcess", "embedded_server", "raw_session"]
 
 #: Bound on every wait of :class:`RawSession`: generous, for a busy CI machine.
 RAW_TIMEOUT_S = 10.0
+#: How long a child server may take to print its ready line (a cold Python start on a busy box).
+READY_TIMEOUT_S = 30.0
+#: Grace period for SIGTERM before SIGKILL when stopping a child server.
+STOP_GRACE_S = 5.0
+_READY = re.compile(r"elaria serve: ready api_host=(?P<host>\S+)")
 
 
 @asynccontextmanager
@@ -164,3 +185,148 @@ async def raw_session(
         yield session
     finally:
         await ws.close()
+
+
+class ServerProcess:
+    """``elaria serve`` in a child process. ``args`` are extra ``elaria serve`` flags.
+
+    Methods are synchronous and quick except :meth:`start`/:meth:`restart`, which block until
+    the ready line (at most ``ready_timeout``); async tests call ``await asyncio.to_thread(
+    proc.start)`` or use ``async with``. Stderr goes to a temporary file (:meth:`stderr_text`),
+    so a chatty child can never block on a full pipe.
+    """
+
+    def __init__(self, *args: str, port: int = 0, ready_timeout: float = READY_TIMEOUT_S) -> None:
+        self.args = list(args)
+        self.port = port
+        self.ready_timeout = ready_timeout
+        self.api_host = ""
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "start() first"
+        return self._proc.pid
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.api_host}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> ServerProcess:
+        cmd = [sys.executable, "-m", "elaria.cli", "serve", "--port", str(self.port), *self.args]
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1
+        )
+        try:
+            self.api_host = self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+        self.port = int(self.api_host.rsplit(":", 1)[1])
+        return self
+
+    def _wait_ready(self) -> str:
+        assert self._proc is not None
+        assert self._proc.stdout is not None
+        deadline = time.monotonic() + self.ready_timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self._proc.stdout], [], [], left)
+            if not ready:
+                break
+            line = self._proc.stdout.readline()
+            if not line:
+                raise RuntimeError(
+                    f"elaria serve exited ({self._proc.wait()}) before it was "
+                    f"ready: {self.stderr_text()[-2000:]}"
+                )
+            match = _READY.search(line)
+            if match:
+                return match["host"]
+        raise TimeoutError(
+            f"elaria serve printed no ready line within {self.ready_timeout} s: "
+            f"{self.stderr_text()[-2000:]}"
+        )
+
+    def kill(self) -> None:
+        """SIGKILL (thawing first would let it run; a stopped process dies on SIGKILL too)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(STOP_GRACE_S)
+
+    def freeze(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def restart(self) -> ServerProcess:
+        """Kill if alive, then start again on the same port."""
+        self.kill()
+        return self.start()
+
+    def stop(self) -> int | None:
+        """SIGTERM (after a SIGCONT, in case it is frozen), then SIGKILL after a grace period."""
+        code: int | None = None
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGCONT)
+            self._proc.terminate()
+            try:
+                code = self._proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        elif self._proc is not None:
+            code = self._proc.returncode
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
+        return code
+
+    def stderr_text(self) -> str:
+        self._stderr.flush()
+        self._stderr.seek(0)
+        return self._stderr.read()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._stderr.close()
+
+    async def __aenter__(self) -> ServerProcess:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+        self._stderr.close()
+
+
+# ---------------------------------------------------------------------- pytest fixtures
+
+try:
+    import pytest
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - pytest is a dev dependency
+    pass
+else:
+
+    @pytest.fixture
+    def scripted_engine() -> ScriptedEngine:
+        """A fresh :class:`ScriptedEngine` (script it before or after the server starts)."""
+        return ScriptedEngine()
+
+    @pytest_asyncio.fixture
+    async def embedded_lmstudio(scripted_engine: ScriptedEngine) -> AsyncIterator[EmbeddedServer]:
+        """An in-process server over ``scripted_engine``, whole catalogue loaded."""
+        async with embedded_server(engine=scripted_engine) as server:
+            yield server
+
+    @pytest.fixture
+    def embedded_lmstudio_process() -> Iterator[ServerProcess]:
+        """A started ``elaria serve --engine scripted`` child; always stopped afterwards."""
+        with ServerProcess("--engine", "scripted") as proc:
+            yield proc
