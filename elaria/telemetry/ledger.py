@@ -25,6 +25,11 @@ or, equivalently, ``async with ledger.request(task, run_id=run_id) as ctx: ...``
 records on the way out, outcome taken from the exception if any), or pass ``ctx.observe`` as the
 agent loop's ``on_event`` callback: it maps the loop's typed events (rounds, tool calls, repairs,
 approvals, denials, resilience events, trims, the final answer, the failure) onto the same calls.
+The runtime's run recorder (``elaria.agent.recorder``) can use its own vocabulary, provided as
+thin adapters: ``ledger.begin(task, run_id=...)`` for the context, ``ctx.record_model_call(
+result=..., seconds=...)``, ``ctx.record_model_error(error=..., seconds=...)``,
+``ctx.record_agent_event(event=...)``, ``ctx.finish_ok/finish_failed/finish_cancelled`` and
+``ledger.write(ctx)``.
 
 Record shape (``record: "request"``, JSON): schema_version, run_id, request_id, started/finished
 (ISO 8601 UTC), latency_ms, prompt_sha256, prompt_preview (redacted, then truncated to
@@ -59,6 +64,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from loguru import logger
@@ -71,6 +77,7 @@ from elaria.telemetry.writer import JsonlFile, LineWriter
 
 if TYPE_CHECKING:
     from elaria.config import Settings
+    from elaria.lmstudio.rounds import RoundResult
 
 __all__ = [
     "LEDGER_SCHEMA_VERSION",
@@ -153,6 +160,7 @@ class RequestContext:
     meta: dict[str, Any] = field(default_factory=dict)
     _seq: int = 0
     _pending_args: dict[str, Any] = field(default_factory=dict)
+    _direct_calls: bool = False
 
     @classmethod
     def begin(
@@ -281,12 +289,59 @@ class RequestContext:
 
     def observe(self, event: Any) -> None:
         """An ``on_event`` callback for :class:`elaria.agent.loop.AgentLoop`: maps its typed
-        events (by ``kind``) onto :meth:`model_call`, :meth:`event`, :meth:`tool_call` and
-        :meth:`finish`. Unknown kinds are ignored."""
+        events (objects, or their ``to_dict()`` form) by ``kind`` onto :meth:`model_call`,
+        :meth:`event`, :meth:`tool_call` and :meth:`finish`. Unknown kinds are ignored.
+        ``round_finished`` is ignored once :meth:`record_model_call` has fed the context, so a
+        round is never counted twice."""
+        if isinstance(event, Mapping):
+            event = SimpleNamespace(**event)
         kind = getattr(event, "kind", None)
+        if kind == "round_finished" and self._direct_calls:
+            return
         handler = _OBSERVERS.get(kind) if isinstance(kind, str) else None
         if handler is not None:
             handler(self, event)
+
+    # The vocabulary of the runtime's run recorder (``elaria.agent.recorder``), as thin adapters.
+
+    def record_model_call(self, *, result: RoundResult, seconds: float) -> None:
+        """A round came back: host, model, tokens and latency from its RoundResult."""
+        self._direct_calls = True
+        self.model_call(
+            result.host,
+            result.model,
+            latency_s=seconds,
+            tokens_in=result.prompt_tokens,
+            tokens_out=result.predicted_tokens,
+            provider=result.provider,
+        )
+
+    def record_model_error(self, *, error: BaseException, seconds: float) -> None:
+        """A round failed; host and model come from the error when it carries them."""
+        self._direct_calls = True
+        self.model_call(
+            str(getattr(error, "host", None) or ""),
+            str(getattr(error, "model", None) or ""),
+            latency_s=seconds,
+            success=False,
+            error_class=type(error).__name__,
+        )
+
+    def record_agent_event(self, *, event: Any) -> None:
+        self.observe(event)
+
+    def finish_ok(self, answer: str, *, host: str | None = None, model: str | None = None) -> None:
+        if host:
+            self.final_host = host
+        if model:
+            self.final_model = model
+        self.finish(answer=answer)
+
+    def finish_failed(self, error: BaseException) -> None:
+        self.finish(error=error)
+
+    def finish_cancelled(self) -> None:
+        self.finish("cancelled")
 
     # ------------------------------------------------------------------ the record
 
@@ -396,6 +451,7 @@ def _on_tool_failed(ctx: RequestContext, e: Any) -> None:
 def _on_resilience(ctx: RequestContext, e: Any) -> None:
     detail = dict(e.detail) if isinstance(e.detail, Mapping) else {"detail": e.detail}
     detail.pop("kind", None)
+    detail.pop("action", None)
     ctx.event(str(e.action), **detail)
 
 
@@ -520,6 +576,8 @@ class AuditLedger:
         except Exception:
             logger.opt(exception=True).bind(kind="telemetry").error("audit record failed; dropped")
             return False
+
+    write = record  # the run recorder's name for it
 
     def record_run(
         self,
