@@ -13,8 +13,8 @@ anything is sent or run:
 
 Refusals raise :class:`~elaria.errors.ToolRefused` / :class:`~elaria.errors.ToolDenied` (tell the
 model) and, like every outcome, become an audit record through :meth:`Firewall.record`. Records
-carry the argument *names*, never their values (values may be secrets). Sans-I/O apart from the
-audit sink; any thread.
+carry the arguments as given; the sink must redact them (the ledger and :class:`JsonlAudit` do).
+Sans-I/O apart from the audit sink; any thread.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class Firewall:
                 tool, arguments, "refused", server=server, rule=exc.rule, reason=exc.message
             )
             raise ToolRefused(
-                exc.message,
+                exc.message if exc.message.endswith(".") else f"{exc.message}.",
                 rule=exc.rule,
                 tool=tool,
                 hint="This call was refused before it ran; change the arguments.",
@@ -151,6 +151,8 @@ class Firewall:
             "server": server,
             "outcome": outcome,
             "argument_names": sorted(str(k) for k in (arguments or {})),
+            # The sink redacts and truncates (the ledger does); refused payloads are evidence.
+            "arguments": dict(arguments or {}),
         }
         if rule is not None:
             record["rule"] = rule

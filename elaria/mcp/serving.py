@@ -5,7 +5,9 @@
   :class:`~elaria.mcp.firewall.Firewall` whose path validator is rooted at the workspace.
 * :func:`serve_proxy` — every tool of the servers in an ``mcp.json``, through the bridge (and so
   through the firewall: keys, lengths, tagged validators, ``approval``; ``ask`` is refused since a
-  proxy has nobody to ask), each call audited to the JSONL ledger.
+  proxy has nobody to ask).
+
+Every call, refused or run, becomes a request record in the audit ledger (:class:`LedgerAudit`).
 
 Both block until the transport ends (stdin closed, or the HTTP server is stopped by a signal or
 by cancelling the coroutine) and always close what they started, children included.
@@ -14,7 +16,6 @@ by cancelling the coroutine) and always close what they started, children includ
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,29 +28,39 @@ from elaria.mcp.client import McpBridge, assess_mcp
 from elaria.mcp.config import load_mcp_config
 from elaria.mcp.firewall import AuditSink, Firewall, default_validators
 from elaria.mcp.server import build_server, serve_http, serve_stdio
+from elaria.telemetry.ledger import AuditLedger
 
-__all__ = ["JsonlAudit", "health_tool", "serve_builtin", "serve_proxy"]
+__all__ = ["LedgerAudit", "health_tool", "serve_builtin", "serve_proxy"]
 
 Transport = Literal["stdio", "http"]
 
 
-class JsonlAudit:
-    """Append audit records, redacted, one JSON object a line (the ledger's file format)."""
+class LedgerAudit:
+    """Firewall records as audit-ledger requests: one per MCP call (``elaria audit list``)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, ledger: AuditLedger) -> None:
+        self.ledger = ledger
 
     def __call__(self, record: dict[str, Any]) -> None:
-        from elaria.security.redact import redact
-
-        line = json.dumps(redact(record), ensure_ascii=False, default=str)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-
-
-def audit_sink(settings: Settings) -> AuditSink:
-    return JsonlAudit(settings.logging.log_dir / settings.telemetry.ledger_file)
+        tool = str(record.get("tool"))
+        server = record.get("server")
+        outcome = record.get("outcome")
+        ctx = self.ledger.begin(f"MCP call {tool}", source="mcp", server=server)
+        if outcome == "refused":
+            ctx.event(
+                "validator_refusal", tool=tool, rule=record.get("rule"), reason=record.get("reason")
+            )
+        elif outcome == "denied":
+            ctx.event("denial", tool=tool, reason=record.get("reason"))
+        duration_ms = record.get("duration_ms")
+        ctx.tool_call(
+            tool,
+            record.get("arguments"),
+            str(outcome),
+            duration_s=None if duration_ms is None else duration_ms / 1000,
+        )
+        ctx.finish("success" if outcome == "ok" else "failure")
+        self.ledger.record(ctx)
 
 
 def health_tool(bridge: McpBridge | None, settings: Settings) -> Tool:
@@ -103,9 +114,10 @@ async def serve_builtin(
     tools = builtin_tools(workspace)
     if with_health:
         tools.append(health_tool(None, settings))
-    firewall = _firewall(settings, workspace, audit_sink(settings))
-    server = build_server("elaria", tools, firewall=firewall, version=_version())
-    await _serve(server, transport, port, on_ready)
+    async with AuditLedger.from_settings(settings) as ledger:
+        firewall = _firewall(settings, workspace, LedgerAudit(ledger))
+        server = build_server("elaria", tools, firewall=firewall, version=_version())
+        await _serve(server, transport, port, on_ready)
 
 
 async def serve_proxy(
@@ -119,12 +131,13 @@ async def serve_proxy(
     """Expose the configured servers' tools through the firewall until the transport ends."""
     config = load_mcp_config(config_path)
     workspace = settings.agent.workspace.resolve()
-    audit = audit_sink(settings)
+    ledger = AuditLedger.from_settings(settings)
+    await ledger.start()
     bridge = McpBridge(
         config,
         settings.mcp,
         workspace=workspace,
-        audit=audit,
+        audit=LedgerAudit(ledger),
         max_argument_chars=settings.agent.max_argument_chars,
         ask_means_deny=True,
     )
@@ -140,6 +153,7 @@ async def serve_proxy(
         await _serve(server, transport, port, on_ready)
     finally:
         await bridge.aclose()
+        await ledger.aclose()
 
 
 async def _serve(

@@ -43,6 +43,8 @@ MAX_LINE_BYTES = 32 * 1024 * 1024
 STDIN_CLOSE_GRACE_S = 1.0
 #: Grace between SIGTERM and SIGKILL to the group.
 SIGTERM_GRACE_S = 1.0
+#: Poll interval for the exit status where pidfd is unavailable (and for the reaper's lag).
+EXIT_POLL_S = 0.01
 #: How many stderr lines we keep for error messages.
 STDERR_TAIL_LINES = 20
 #: Environment a child inherits by default (secrets in other variables stay with us).
@@ -154,7 +156,24 @@ class ChildProcess:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _wait(self) -> None:
-        await self._proc.wait()
+        # Not ``Process.wait()``: it also waits for the pipes to close, and a grandchild (the
+        # ``node`` that ``npx`` started) keeps them open after the child itself died.
+        try:
+            pidfd: int | None = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3, or already reaped
+            pidfd = None
+        if pidfd is not None:
+            readable = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_reader(pidfd, readable.set)
+            try:
+                await readable.wait()
+            finally:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+        # The child watcher reaps and records the status moments after the exit itself.
+        while self._proc.returncode is None:
+            await asyncio.sleep(EXIT_POLL_S)
         self.exited.set()
         if self._on_exit is not None:
             self._on_exit()

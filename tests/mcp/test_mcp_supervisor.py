@@ -17,6 +17,12 @@ from elaria.mcp.supervisor import ServerSupervisor
 from elaria.mcp.testing import fixture_server, group_members, process_running, wait_until
 
 
+@pytest.fixture
+def fast_settings() -> McpSettings:
+    """A health check twice a second, so watch-loop behaviour shows up quickly."""
+    return McpSettings(health_interval_ms=500, init_timeout_ms=30_000, call_timeout_ms=20_000)
+
+
 def _supervisor(settings: McpSettings, mode: str = "serve", **extra: object) -> ServerSupervisor:
     entry = fixture_server(mode, **extra)
     config = parse_mcp_config({"mcpServers": {"fx": entry}}, {}).servers["fx"]
@@ -85,7 +91,8 @@ async def test_child_hanging_on_start_hits_its_timeout(fast_settings: McpSetting
                 await sup.start()
         assert sup.stats().state == "failed"
         assert sup._child is not None
-        assert group_members(sup._child.pid) == []
+        pgid = sup._child.pid
+        await wait_until(lambda: group_members(pgid) == [], "the hung child's group to die", 5)
     finally:
         await sup.aclose()
 
@@ -120,7 +127,8 @@ async def test_aclose_leaves_no_process_of_the_group(fast_settings: McpSettings)
     assert pid is not None
     assert group_members(pid) == [pid]
     await sup.aclose()
-    assert group_members(pid) == []
+    # SIGKILL is delivered asynchronously; the group must be gone moments later.
+    await wait_until(lambda: group_members(pid) == [], "the closed child's group to die", 5)
     assert sup.stats().state == "closed"
     with pytest.raises(McpError, match="is closed"):
         await sup.call("echo", {"text": "x"})
