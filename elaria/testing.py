@@ -257,6 +257,11 @@ class ServerProcess:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait(STOP_GRACE_S)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
 
     def freeze(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)
@@ -281,8 +286,7 @@ class ServerProcess:
                 self.kill()
         elif self._proc is not None:
             code = self._proc.returncode
-        if self._proc is not None and self._proc.stdout is not None:
-            self._proc.stdout.close()
+        self._close_pipe()
         return code
 
     def stderr_text(self) -> str:
