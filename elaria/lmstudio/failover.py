@@ -23,7 +23,8 @@ Every step is appended to ``RoundResult.events`` as a plain dict (``kind``: ``re
 ``load_model``, ``failover``, ``skip``). When every target failed:
 :class:`~elaria.errors.AllTargetsFailed` with the whole chain. Because targets are always tried
 in order, traffic returns to the primary as soon as its breaker lets a probe through and that
-probe succeeds.
+probe succeeds. The breaker lets that probe through after its reset timeout, or earlier when the
+pool's own supervisor has reconnected to the host (its ``list_loaded`` probe passed).
 
 Breakers: only the host's own failures (transient, host down) count, on the host breaker for
 host-down and on the (host, model) breaker otherwise; cancellations never count. If a fragment
@@ -48,7 +49,7 @@ from elaria.errors import (
     FailedAttempt,
     ToolCallMalformed,
 )
-from elaria.lmstudio.pool import ClientPool
+from elaria.lmstudio.pool import ClientPool, HostState
 from elaria.lmstudio.predict import predict_round
 from elaria.lmstudio.rounds import FragmentCallback, RoundRequest, RoundResult
 from elaria.resilience.breaker import BreakerRegistry, CircuitBreaker, Permit
@@ -119,6 +120,10 @@ class Failover:
         host, model = target.host, target.model
         host_breaker = self.breakers.for_host(host)
         model_breaker = self.breakers.for_model(host, model or "*")
+        if self._pool.state(host) is HostState.CONNECTED:
+            # The pool's supervisor just proved the host answers: probe it now rather than
+            # after the whole reset timeout, so traffic returns to the primary quickly.
+            host_breaker.allow_probe("the pool reconnected to the host")
         permits = _acquire_both(host_breaker, model_breaker)
         if permits is None:
             wait = max(host_breaker.retry_after(), model_breaker.retry_after())

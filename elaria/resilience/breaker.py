@@ -158,6 +158,12 @@ class CircuitBreaker:
             )
         return permit
 
+    def allow_probe(self, reason: str) -> None:
+        """Outside evidence says the host is back (e.g. the pool's own health probe passed):
+        an OPEN breaker goes HALF_OPEN now instead of waiting out its reset timeout."""
+        if self.state is BreakerState.OPEN:
+            self._move(BreakerState.HALF_OPEN, reason)
+
     def record_success(self, permit: Permit) -> None:
         self._failures = 0
         if permit.probe:

@@ -87,10 +87,8 @@ async def test_primary_down_fails_over_then_traffic_returns_after_the_probe() ->
             engine.script(reply("primary is back"))
             await stack.enter_async_context(embedded_server(engine=engine, port=port))
             await connected.wait(primary_url, 2)
-            still_open = await failover.predict(REQUEST)
-            assert still_open.host == secondary.ws_url  # its breaker has not probed yet
-
-            clock.advance(5.0)  # reset timeout: the next call is the half-open probe
+            # The pool reconnected (its probe passed): the breaker lets one probe call through
+            # now instead of after its 5 s reset timeout, and that call succeeds.
             back = await failover.predict(REQUEST)
             assert back.host == primary_url
             assert back.text == "primary is back"
@@ -184,3 +182,22 @@ async def test_no_hosts_is_a_configuration_error() -> None:
     async with ClientPool(settings.lmstudio) as pool:
         with pytest.raises(Exception, match="no LM Studio host"):
             await Failover(pool, settings).predict(REQUEST)
+
+
+async def test_an_open_breaker_probes_after_its_reset_timeout() -> None:
+    engine = ScriptedEngine()
+    engine.script(server_error("crash"), server_error("crash again"), reply("recovered"))
+    async with embedded_server(engine=engine) as server:
+        settings = settings_for(server.ws_url)
+        clock = ManualClock()
+        async with ClientPool(settings.lmstudio, settings.reconnect) as pool:
+            failover = Failover(pool, settings, clock=clock)
+            with pytest.raises(AllTargetsFailed):
+                await failover.predict(REQUEST)  # crash, retry, crash: the model breaker opens
+            model_breaker = failover.breakers.for_model(server.ws_url, "scripted-llm")
+            assert model_breaker.stats()["state"] == "open"
+            with pytest.raises(AllTargetsFailed, match="skipped"):
+                await failover.predict(REQUEST)
+            clock.advance(5.0)
+            assert (await failover.predict(REQUEST)).text == "recovered"
+            assert model_breaker.stats()["state"] == "closed"

@@ -199,3 +199,16 @@ def test_registry_keys_per_host_and_per_model() -> None:
 def test_threshold_must_be_positive() -> None:
     with pytest.raises(ValueError, match="failure_threshold"):
         CircuitBreaker("x", failure_threshold=0)
+
+
+def test_outside_evidence_lets_a_probe_through_early() -> None:
+    clock = ManualClock()
+    breaker = make(clock)
+    for _ in range(3):
+        fail(breaker)
+    breaker.allow_probe("health probe passed")
+    assert state(breaker) is BreakerState.HALF_OPEN
+    assert breaker.acquire().probe
+    assert breaker.try_acquire() is None  # still exactly one probe
+    breaker.allow_probe("again")  # only acts on OPEN
+    assert state(breaker) is BreakerState.HALF_OPEN
