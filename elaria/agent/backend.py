@@ -7,7 +7,10 @@
   the failover hosts. None reachable: :class:`~elaria.errors.HostDown` with one readable
   paragraph (what, where, what to do), well under 5 seconds.
 * ``embedded`` — start the embedded LM Studio-compatible server on loopback with the given
-  engine, or the real tiny model (:class:`~elaria.embedded.llama.LlamaCppEngine`, Gemma 3 270M).
+  engine, else the one ``embedded.engine`` names: the real tiny model
+  (:class:`~elaria.embedded.llama.LlamaCppEngine`, Gemma 3 270M; the default) or the
+  deterministic ``ScriptedEngine`` (echoes; for trying the plumbing and for tests). Passing an
+  ``engine`` means "embedded with this engine": LM Studio is not probed then.
 * ``auto`` — ``lmstudio`` when anything answers, else ``embedded`` (and :meth:`Backend.banner`
   says so, naming the model and how to point at LM Studio).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,6 +54,8 @@ SDK_DEFAULT_PORTS = (41343, 52993, 16141, 39414, 22931)
 FALLBACK_HOST = "localhost:1234"
 #: A local LM Studio answers its greeting in milliseconds; the SDK itself allows 1 s.
 PROBE_TIMEOUT_S = 1.5
+#: How long a model's context length is trusted before it is asked again (a reload may change it).
+MODEL_INFO_TTL_S = 60.0
 
 _HOW_TO_POINT = (
     "To use LM Studio instead, start it, enable its server (Developer tab, or `lms server "
@@ -74,15 +80,25 @@ class Backend:
     engine_name: str | None = None
     model_name: str | None = None
     fell_back: bool = False
+    #: The LM Studio hosts probed before falling back (api hosts), for the banner.
+    tried: tuple[str, ...] = ()
     server: Any = None
     _failover: Failover | None = field(default=None, repr=False)
+    _info: ModelInfo | None = field(default=None, repr=False)
+    _info_at: float = field(default=0.0, repr=False)
 
     def predictor(self, pool: ClientPool) -> Failover:
         self._failover = Failover(pool, self.settings)
         return self._failover
 
     async def model_info(self, pool: ClientPool) -> ModelInfo:
-        """The loaded model's context length and tokenizer (None when it cannot be asked)."""
+        """The loaded model's context length and tokenizer (None when it cannot be asked).
+
+        Cached for :data:`MODEL_INFO_TTL_S`: every run asks, the answer rarely changes.
+        """
+        now = time.monotonic()
+        if self._info is not None and now - self._info_at < MODEL_INFO_TTL_S:
+            return self._info
         failover = self._failover or self.predictor(pool)
         try:
             length = await failover.context_length()
@@ -93,7 +109,8 @@ class Backend:
         async def count(text: str) -> int:
             return await failover.count_tokens(text)
 
-        return ModelInfo(length if length > 0 else None, count)
+        self._info, self._info_at = ModelInfo(length if length > 0 else None, count), now
+        return self._info
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -108,15 +125,15 @@ class Backend:
         """What to tell a user whose ``auto`` run fell back to the embedded model."""
         if not self.fell_back:
             return None
-        return (
-            f"No LM Studio found (tried {self._tried()}); using the embedded "
-            f"{self.model_name or 'model'} on llama.cpp: a tiny model for trying Elaria out, "
-            f"not for real work. {_HOW_TO_POINT}"
-        )
-
-    def _tried(self) -> str:
-        hosts = [api_host_of(h) for h in self.settings.lmstudio.hosts if h not in self.hosts]
-        return ", ".join([*hosts, "the SDK's default ports", FALLBACK_HOST])
+        if self.engine_name == "llama":
+            what = (
+                f"the embedded {self.model_name or 'model'} on llama.cpp, a tiny model for "
+                "trying Elaria out, not for real work"
+            )
+        else:
+            what = f"the embedded server's {self.engine_name} engine (canned answers, no model)"
+        tried = ", ".join(self.tried) or "nothing"
+        return f"No LM Studio found (tried {tried}); using {what}. {_HOW_TO_POINT}"
 
 
 def _ws(api_host: str) -> str:
@@ -183,24 +200,32 @@ async def open_backend(
             yield Backend("lmstudio", _with_hosts(settings, found), tuple(found))
             return
         if choice == "lmstudio":
-            tried = ", ".join(candidate_hosts(settings))
+            probed = ", ".join(candidate_hosts(settings))
             raise HostDown(
-                f"No LM Studio server answered (tried {tried})",
+                f"No LM Studio server answered (tried {probed})",
                 hint="Start LM Studio and enable its server (Developer tab, or `lms server "
                 "start`); if it runs elsewhere, set lmstudio.hosts in elaria.toml or "
                 "ELARIA_LMSTUDIO__HOSTS='[\"ws://HOST:PORT\"]'. To try Elaria without LM "
                 "Studio, use --backend embedded",
             )
-    async with _embedded(settings, engine, fell_back=choice == "auto") as backend:
+    fell_back = choice == "auto"
+    tried = tuple(candidate_hosts(settings)) if fell_back else ()
+    async with _embedded(settings, engine, fell_back=fell_back, tried=tried) as backend:
         yield backend
 
 
 @contextlib.asynccontextmanager
-async def _embedded(settings: Settings, engine: Any, *, fell_back: bool) -> AsyncIterator[Backend]:
+async def _embedded(
+    settings: Settings, engine: Any, *, fell_back: bool, tried: tuple[str, ...]
+) -> AsyncIterator[Backend]:
     from elaria.embedded.server import EmbeddedServer
 
     own_engine = engine is None
-    if engine is None:
+    if engine is None and settings.embedded.engine == "scripted":
+        from elaria.embedded.scripted import ScriptedEngine
+
+        engine = ScriptedEngine()
+    elif engine is None:
         from elaria.embedded.llama import LlamaCppEngine
 
         engine = LlamaCppEngine(settings=settings.embedded)
@@ -230,6 +255,7 @@ async def _embedded(settings: Settings, engine: Any, *, fell_back: bool) -> Asyn
                 engine_name=engine.name,
                 model_name=spec.display_name,
                 fell_back=fell_back,
+                tried=tried,
                 server=server,
             )
         finally:

@@ -106,7 +106,8 @@ class RunRecorder:
     # ------------------------------------------------------------------ run
 
     def on_event(self, event: ev.AgentEvent) -> None:
-        _call(self.context, "record_agent_event", event=event.to_dict())
+        if self.context is not None:
+            _call(self.context, "record_agent_event", event=event.to_dict())
 
     def finish(
         self,

@@ -1,0 +1,148 @@
+"""``elaria run "task"``: run one task with an agent, streaming text and tool calls.
+
+Options: ``--backend auto|lmstudio|embedded`` (default ``auto``: LM Studio when reachable, else
+the embedded tiny model, announced by a banner), ``--model ID``, ``--workspace DIR`` (created
+with sample files on first run), ``--max-iterations N``, ``--json`` (one JSON object on stdout:
+the result and every event; nothing else on stdout).
+
+Errors a user can cause are :class:`~elaria.errors.ElariaError` and reach the dispatcher, which
+prints one paragraph (exit 1, or 2 for configuration). Ctrl-C cancels the run (the server-side
+prediction too) and exits 130. Exit 0 when the run produced an answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+
+from elaria.agent.backend import BackendChoice
+from elaria.config import Settings, load_settings
+from elaria.errors import ConfigError, ElariaError
+
+__all__ = ["configure", "main", "prepare_settings", "quiet_libraries"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", help="what the agent should do, in plain words")
+    add_common_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the result and events as JSON")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "lmstudio", "embedded"],
+        default="auto",
+        help="auto: LM Studio if reachable, else the embedded tiny model (default)",
+    )
+    parser.add_argument("--model", help="model id to use (default: the first loaded model)")
+    parser.add_argument("--workspace", help="directory the tools work in (default ./workspace)")
+    parser.add_argument(
+        "--max-iterations", type=int, help="rounds at most, 1-100 (agent.max_iterations)"
+    )
+
+
+def prepare_settings(args: argparse.Namespace) -> Settings:
+    """Settings from every source plus the command-line options (validated together)."""
+    overrides: dict[str, Any] = {}
+    agent: dict[str, Any] = {}
+    if args.workspace:
+        agent["workspace"] = Path(args.workspace)
+    if args.max_iterations is not None:
+        agent["max_iterations"] = args.max_iterations
+    base = load_settings()
+    if agent:
+        overrides["agent"] = {**base.agent.model_dump(), **agent}
+    if args.model:
+        overrides["lmstudio"] = {**base.lmstudio.model_dump(), "model": args.model}
+    if not overrides:
+        return base
+    return load_settings(**overrides)
+
+
+def quiet_libraries(settings: Settings) -> None:
+    """Logs go to the files only: the terminal is for the run (errors still reach it)."""
+    from elaria.telemetry.logging import setup_logging
+
+    setup_logging(settings.logging.model_copy(update={"console": False}))
+    # The SDK logs a dropped socket at ERROR through stdlib logging; the pool handles it.
+    logging.getLogger("lmstudio").addHandler(logging.NullHandler())
+    logging.getLogger("lmstudio").propagate = False
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = prepare_settings(args)
+        quiet_libraries(settings)
+        return asyncio.run(_run(args, settings))
+    except ElariaError as exc:
+        if not args.json:
+            raise  # the dispatcher prints it as one paragraph
+        error = {"class": type(exc).__name__, "message": str(exc)}
+        print(json.dumps({"ok": False, "error": error}))
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from elaria.agent.render import EventRenderer, ask_approval, summary_line
+    from elaria.runtime import Runtime
+
+    out = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    ui = err if args.json else out
+    backend: BackendChoice = args.backend
+    events: list[dict[str, Any]] = []
+    renderer = EventRenderer(ui, show_spinner=not args.json)
+
+    async def approve(request: Any) -> Any:
+        renderer.stop()
+        return await ask_approval(err, request)
+
+    runtime = Runtime(settings, backend=backend, approve=approve)
+    renderer.spin(_starting_text(backend))
+    try:
+        await runtime.start()
+    finally:
+        renderer.stop()
+    async with runtime:
+        assert runtime.backend is not None
+        banner = runtime.backend.banner()
+        if banner:
+            err.print(Panel(escape(banner), title="embedded model", border_style="yellow"))
+
+        def on_event(event: Any) -> None:
+            if args.json:
+                events.append(event.to_dict())
+            else:
+                renderer(event)
+
+        try:
+            result = await runtime.run(args.task, on_event=on_event)
+        finally:
+            renderer.stop()
+    if args.json:
+        print(json.dumps({"ok": True, "result": result.to_dict(), "events": events}, default=str))
+    else:
+        out.print(f"[dim]{escape(summary_line(result))}[/]")
+    return 0
+
+
+def _starting_text(backend: str) -> str:
+    if backend == "lmstudio":
+        return "connecting to LM Studio…"
+    if backend == "embedded":
+        return "starting the embedded model…"
+    return "looking for LM Studio…"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(argparse.Namespace()))
