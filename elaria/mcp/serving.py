@@ -78,7 +78,7 @@ def health_tool(bridge: McpBridge | None, settings: Settings) -> Tool:
     return Tool.from_function(runtime_health)
 
 
-def builtin_tools(workspace: Path) -> list[Tool]:
+def builtin_tools(workspace: Path, settings: Settings) -> list[Tool]:
     try:
         # By name: python_tools is a sibling package that may be absent from a broken install.
         make = importlib.import_module("python_tools").builtin_tools
@@ -87,7 +87,7 @@ def builtin_tools(workspace: Path) -> list[Tool]:
             f"the built-in tools are not available: {exc}",
             hint="Reinstall Elaria (pip install -e .) so the python_tools package is importable.",
         ) from exc
-    tools: list[Tool] = make(workspace)
+    tools: list[Tool] = make(workspace, settings=settings)
     return tools
 
 
@@ -111,7 +111,7 @@ async def serve_builtin(
 ) -> None:
     """Serve the built-in tools (and ``runtime_health``) until the transport ends."""
     os.makedirs(workspace, exist_ok=True)  # once, before serving: blocking is fine here
-    tools = builtin_tools(workspace)
+    tools = builtin_tools(workspace, settings)
     if with_health:
         tools.append(health_tool(None, settings))
     async with AuditLedger.from_settings(settings) as ledger:
