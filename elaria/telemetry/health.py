@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from elaria.memory.monitor import MemoryMonitor
 
 __all__ = [
+    "DEFAULT_ASSESSORS",
     "HealthRegistry",
     "HealthServer",
     "Status",
@@ -72,6 +73,8 @@ Assessor = Callable[[Any], Assessment]
 STATS_TIMEOUT_S = 3.0
 #: The SDK itself gives the greeting 1 s; a busy laptop gets a little more from us.
 PROBE_TIMEOUT_S = 2.0
+#: Sections whose value lists LM Studio hosts (``elaria_host_up``).
+_HOST_SECTIONS = {"hosts", "pool"}
 #: How many recent errors the snapshot keeps.
 RECENT_ERRORS = 20
 #: A request line plus headers beyond this is not a health probe.
@@ -80,7 +83,8 @@ MAX_REQUEST_BYTES = 16_384
 REQUEST_TIMEOUT_S = 5.0
 
 _RANK: dict[Status, int] = {"ok": 0, "degraded": 1, "unhealthy": 2}
-_UP_STATES = {"up", "ok", "connected", "ready", "healthy"}
+#: Host states (the pool's and the probe's) that mean "does not answer".
+_DOWN_STATES = {"down", "closed", "unreachable", "failed", "error"}
 
 
 def exit_code(status: str) -> int:
@@ -117,16 +121,26 @@ def assess_memory(stats: Any) -> Assessment:
 
 
 def assess_hosts(stats: Any) -> Assessment:
-    hosts = stats.get("hosts", []) if isinstance(stats, Mapping) else stats
-    if not isinstance(hosts, list) or not hosts:
+    """Hosts as a list of ``{"host", "state"|"up"}``, the same under ``"hosts"``, or the pool's
+    ``{url: {"state": ...}}``."""
+    hosts = _host_list(stats)
+    if not hosts:
         return "ok", []
     down = [h for h in hosts if not _host_up(h)]
-    open_breakers = [h for h in hosts if _host_up(h) and _breaker_open(h)]
+    shaky = [h for h in hosts if _host_up(h) and _shaky(h)]
     reasons = [f"host {_name(h)} is down" for h in down]
-    reasons += [f"breaker open for host {_name(h)}" for h in open_breakers]
+    reasons += [f"host {_name(h)}: {_shaky(h)}" for h in shaky]
     if len(down) == len(hosts):
         return "unhealthy", reasons
     return ("degraded" if reasons else "ok"), reasons
+
+
+def _host_list(stats: Any) -> list[Any]:
+    if isinstance(stats, Mapping) and isinstance(stats.get("hosts"), list):
+        return list(stats["hosts"])
+    if isinstance(stats, Mapping):  # the pool's shape: {url: {...}}
+        return [{"host": url, **v} for url, v in stats.items() if isinstance(v, Mapping)]
+    return list(stats) if isinstance(stats, list) else []
 
 
 def _host_up(host: Any) -> bool:
@@ -134,13 +148,18 @@ def _host_up(host: Any) -> bool:
         return False
     if "up" in host:
         return bool(host["up"])
-    return str(host.get("state", "")).lower() in _UP_STATES
+    return str(host.get("state", "")).lower() not in _DOWN_STATES
 
 
-def _breaker_open(host: Mapping[str, Any]) -> bool:
+def _shaky(host: Mapping[str, Any]) -> str:
+    """Why an answering host is still a concern ("" if it is not)."""
     breaker = host.get("breaker")
     state = breaker.get("state") if isinstance(breaker, Mapping) else breaker
-    return str(state).lower() in {"open", "half-open", "half_open"}
+    if str(state).lower() in {"open", "half-open", "half_open"}:
+        return "breaker open"
+    if str(host.get("state", "")).lower() == "reconnecting":
+        return "reconnecting"
+    return ""
 
 
 def _name(host: Any) -> str:
@@ -154,6 +173,16 @@ def _name(host: Any) -> str:
 class _Section:
     stats_fn: StatsFn
     assess: Assessor
+    #: For ``register_sections``: the value's keys are sections, assessed by these.
+    split: Mapping[str, Assessor] | None = None
+
+
+#: How ``register_sections`` assesses the sections a runtime's ``stats()`` usually has.
+DEFAULT_ASSESSORS: Mapping[str, Assessor] = {
+    "memory": assess_memory,
+    "pool": assess_hosts,
+    "hosts": assess_hosts,
+}
 
 
 class HealthRegistry:
@@ -172,6 +201,14 @@ class HealthRegistry:
     def register(self, name: str, stats_fn: StatsFn, *, assess: Assessor | None = None) -> None:
         """Add (or replace) section ``name``. See the module docstring for the assessors."""
         self._sections[name] = _Section(stats_fn, assess or assess_generic)
+
+    def register_sections(
+        self, name: str, stats_fn: StatsFn, *, assessors: Mapping[str, Assessor] | None = None
+    ) -> None:
+        """A stats function returning ``{section: stats}`` (``Runtime.stats()``): each key whose
+        value is a mapping or list becomes its own section, assessed by ``assessors[key]``
+        (:data:`DEFAULT_ASSESSORS`) or :func:`assess_generic`; plain values go under ``name``."""
+        self._sections[name] = _Section(stats_fn, assess_generic, assessors or DEFAULT_ASSESSORS)
 
     def unregister(self, name: str) -> None:
         self._sections.pop(name, None)
@@ -193,15 +230,10 @@ class HealthRegistry:
         statuses: dict[str, Status] = {}
         reasons: list[str] = []
         for name, section in list(self._sections.items()):
-            try:
-                value = await asyncio.wait_for(_call(section.stats_fn), STATS_TIMEOUT_S)
-                status, why = section.assess(value)
-            except Exception as exc:  # one broken component must not hide the others
-                value = {"error": f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)}
-                status, why = "degraded", [f"{name} stats unavailable"]
-            sections[name] = value
-            statuses[name] = status
-            reasons += [f"{name}: {r}" for r in why]
+            for part, value, status, why in await _read(name, section):
+                sections[part] = value
+                statuses[part] = status
+                reasons += [f"{part}: {r}" for r in why]
         overall: Status = max(statuses.values(), key=_RANK.__getitem__, default="ok")
         snap = {
             "status": overall,
@@ -220,6 +252,25 @@ class HealthRegistry:
         """A fresh snapshot rendered in the Prometheus text format."""
         await self.snapshot()
         return generate_latest(self.metrics)
+
+
+async def _read(name: str, section: _Section) -> list[tuple[str, Any, Status, list[str]]]:
+    """(section name, value, status, reasons) for one registration."""
+    try:
+        value = await asyncio.wait_for(_call(section.stats_fn), STATS_TIMEOUT_S)
+        if section.split is None or not isinstance(value, Mapping):
+            return [(name, value, *section.assess(value))]
+        parts: list[tuple[str, Any, Status, list[str]]] = []
+        plain = {k: v for k, v in value.items() if not isinstance(v, Mapping | list)}
+        if plain:
+            parts.append((name, plain, *assess_generic(plain)))
+        for key, item in value.items():
+            if isinstance(item, Mapping | list):
+                parts.append((key, item, *section.split.get(key, assess_generic)(item)))
+        return parts
+    except Exception as exc:  # one broken component must not hide the others
+        error = {"error": f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)}
+        return [(name, error, "degraded", [f"{name} stats unavailable"])]
 
 
 async def _call(fn: StatsFn) -> Any:
@@ -257,9 +308,8 @@ class _SnapshotCollector(Collector):
             labels=["section", "stat"],
         )  # fmt: skip
         for section, value in snap["sections"].items():
-            if section == "hosts":
-                listed = value.get("hosts", []) if isinstance(value, Mapping) else value
-                for host in listed if isinstance(listed, list) else []:
+            if section in _HOST_SECTIONS:
+                for host in _host_list(value):
                     hosts.add_metric([_name(host)], 1.0 if _host_up(host) else 0.0)
             for path, number in _numbers(value, ""):
                 stats.add_metric([section, path], number)

@@ -91,7 +91,7 @@ def test_host_assessment() -> None:
     assert assess_hosts({"hosts": [down]}) == ("unhealthy", ["host b is down"])
     assert assess_hosts([{"host": "c", "up": True, "breaker": {"state": "open"}}]) == (
         "degraded",
-        ["breaker open for host c"],
+        ["host c: breaker open"],
     )
     assert assess_hosts([]) == ("ok", [])
 
@@ -132,3 +132,37 @@ async def test_a_server_that_is_not_lmstudio_is_down() -> None:
         result = await probe_host(f"ws://127.0.0.1:{port}")
     assert result["state"] == "down"
     assert "not LM Studio" in result["error"]
+
+
+def test_the_pools_host_map_is_understood() -> None:
+    pool = {
+        "ws://a:1": {"state": "connected", "in_flight": 0},
+        "ws://b:2": {"state": "reconnecting"},
+        "ws://c:3": {"state": "down", "last_error": "refused"},
+    }
+    status, reasons = assess_hosts(pool)
+    assert status == "degraded"
+    assert reasons == ["host ws://c:3 is down", "host ws://b:2: reconnecting"]
+    assert assess_hosts({"ws://c:3": {"state": "down"}})[0] == "unhealthy"
+    assert assess_hosts({"ws://a:1": {"state": "idle"}}) == ("ok", [])
+
+
+async def test_a_runtime_stats_dict_becomes_sections() -> None:
+    registry = HealthRegistry()
+
+    def runtime_stats() -> dict[str, Any]:
+        return {
+            "uptime_s": 12.5,
+            "runs_in_flight": 1,
+            "pool": {"ws://a:1": {"state": "down"}, "ws://b:2": {"state": "connected"}},
+            "memory": {"level": "ok", "usage": 0.1},
+            "mcp": [{"name": "files", "state": "running"}],
+        }
+
+    registry.register_sections("runtime", runtime_stats)
+    snap = await registry.snapshot()
+    assert list(snap["sections"]) == ["runtime", "pool", "memory", "mcp"]
+    assert snap["sections"]["runtime"] == {"uptime_s": 12.5, "runs_in_flight": 1}
+    assert snap["section_status"]["pool"] == "degraded"
+    assert snap["status"] == "degraded"
+    assert snap["reasons"] == ["pool: host ws://a:1 is down"]
