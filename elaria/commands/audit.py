@@ -16,9 +16,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Final
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
+from elaria.commands.events import make_console
 from elaria.config import load_settings
 from elaria.errors import ElariaError
 from elaria.telemetry.query import JsonlReader
@@ -46,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     path = args.file or _configured_path()
     reader = JsonlReader(path)
     reader.check("audit ledger", _HINT)
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console()
     show = _list if args.action == "list" else _show
     code = show(reader, args, console)
     if reader.malformed:
@@ -156,7 +157,8 @@ def _print_record(r: dict[str, Any], console: Console) -> None:
         return
     table = Table(title="timeline", title_justify="left")
     for name in ("#", "t ms", "what", "detail"):
-        table.add_column(name, justify="right" if name in ("#", "t ms") else "left")
+        justify: JustifyMethod = "right" if name in ("#", "t ms") else "left"
+        table.add_column(name, justify=justify, overflow="fold")
     for seq, t_ms, what, detail in timeline:
         table.add_row(str(seq), _num(t_ms), what, detail)
     console.print(table)

@@ -14,11 +14,11 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, Final
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from elaria.config import load_settings
@@ -30,6 +30,16 @@ _HINT: Final = (
     "Events are written by runs while telemetry.events is on; check logging.log_dir, or pass "
     "--file PATH."
 )
+
+
+#: Width for tables when stdout is not a terminal (piped, captured): wide enough not to cut ids.
+PIPE_WIDTH: Final = 200
+
+
+def make_console() -> Console:
+    """A console for tables: the terminal's width, or :data:`PIPE_WIDTH` when piped."""
+    width = None if sys.stdout.isatty() else PIPE_WIDTH
+    return Console(highlight=False, soft_wrap=True, width=width)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -84,8 +94,19 @@ def _since(text: str) -> Any:
 
 
 def _tail(reader: JsonlReader, args: argparse.Namespace) -> int:
-    newest: deque[dict[str, Any]] = deque(reader, maxlen=args.lines)
-    console = Console(highlight=False, soft_wrap=True)
+    newest: deque[dict[str, Any]] = deque(maxlen=args.lines)
+    # Remember where the complete lines end, so --follow starts exactly there: a line appended
+    # while we read is printed once, never skipped or repeated.
+    offset = 0
+    with reader.path.open("rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break
+            offset += len(raw)
+            record = reader.parse(raw)
+            if record is not None:
+                newest.append(record)
+    console = make_console()
     if args.json:
         for event in newest:
             print(json.dumps(event, ensure_ascii=False), flush=True)
@@ -98,7 +119,7 @@ def _tail(reader: JsonlReader, args: argparse.Namespace) -> int:
         print(f"({reader.malformed} malformed line(s) skipped)", file=sys.stderr)
     if not args.follow:
         return 0
-    for event in follow(reader):
+    for event in follow(reader, start=offset):
         if args.json:
             print(json.dumps(event, ensure_ascii=False), flush=True)
         else:
@@ -111,36 +132,42 @@ def follow(
     *,
     sleep: Callable[[float], None] = time.sleep,
     poll_s: float = FOLLOW_POLL_S,
-) -> Iterator[dict[str, Any]]:
-    """Yield records appended to ``reader.path`` from now on; reopens after rotation."""
+    start: int | None = None,
+) -> Generator[dict[str, Any], None, None]:
+    """Yield records appended to ``reader.path`` after byte ``start`` (default: its current
+    end); reopens the path after rotation."""
     handle = None
     pending = b""
     identity: tuple[int, int] | None = None
-    position = reader.path.stat().st_size
-    while True:
-        if handle is None:
-            try:
-                handle = reader.path.open("rb")
-            except FileNotFoundError:
-                sleep(poll_s)
+    position = reader.path.stat().st_size if start is None else start
+    try:
+        while True:
+            if handle is None:
+                try:
+                    handle = reader.path.open("rb")
+                except FileNotFoundError:
+                    sleep(poll_s)
+                    continue
+                stat = os.fstat(handle.fileno())
+                identity = (stat.st_dev, stat.st_ino)
+                handle.seek(min(position, stat.st_size))
+            chunk = handle.read()
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    record = reader.parse(line)
+                    if record is not None:
+                        yield record
                 continue
-            stat = os.fstat(handle.fileno())
-            identity = (stat.st_dev, stat.st_ino)
-            handle.seek(min(position, stat.st_size))
-        chunk = handle.read()
-        if chunk:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                record = reader.parse(line)
-                if record is not None:
-                    yield record
-            continue
-        if _replaced(reader.path, identity, handle.tell()):
+            if _replaced(reader.path, identity, handle.tell()):
+                handle.close()
+                handle, position, pending = None, 0, b""
+                continue
+            sleep(poll_s)
+    finally:
+        if handle is not None:
             handle.close()
-            handle, position, pending = None, 0, b""
-            continue
-        sleep(poll_s)
 
 
 def _replaced(path: Path, identity: tuple[int, int] | None, offset: int) -> bool:
@@ -168,7 +195,8 @@ def _events_table() -> Table:
         "cost $",
         "result",
     ):
-        table.add_column(name, justify="right" if name in _NUMERIC_COLUMNS else "left")
+        justify: JustifyMethod = "right" if name in _NUMERIC_COLUMNS else "left"
+        table.add_column(name, justify=justify, overflow="fold")
     return table
 
 
@@ -213,7 +241,7 @@ def _stats(reader: JsonlReader, args: argparse.Namespace) -> int:
         return 0
     table = Table(title="inference events by model", title_justify="left")
     for name in ("model", "requests", "success", "p50 ms", "p95 ms", "tokens in", "out", "cost $"):
-        table.add_column(name, justify="left" if name == "model" else "right")
+        table.add_column(name, justify="left" if name == "model" else "right", overflow="fold")
     for row in rows:
         rate = row["success_rate"]
         table.add_row(
@@ -226,7 +254,7 @@ def _stats(reader: JsonlReader, args: argparse.Namespace) -> int:
             str(row["tokens_out"]),
             _num(row["cost_usd"], 4),
         )
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console()
     console.print(table)
     if reader.malformed:
         console.print(f"({reader.malformed} malformed line(s) skipped)")
