@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import gc
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,7 +140,8 @@ class MemoryMonitor:
             "recovered": [],
             "leak": [],
         }
-        self._holders: list[Shedder] = []
+        # Weak: registering a history with the monitor must not keep it alive after its run.
+        self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
         self._level: Level = "ok"
         self._last: MemoryStatus | None = None
         self._leak = False
@@ -164,12 +166,12 @@ class MemoryMonitor:
         self._callbacks["leak"].append(callback)
 
     def register(self, holder: Shedder) -> None:
-        """Ask ``holder.shed()`` to give memory back whenever usage is at warning or above."""
-        self._holders.append(holder)
+        """Ask ``holder.shed()`` to give memory back whenever usage is at warning or above.
+        Held weakly: a holder nobody else references drops out on its own."""
+        self._holders.add(holder)
 
     def unregister(self, holder: Shedder) -> None:
-        with contextlib.suppress(ValueError):
-            self._holders.remove(holder)
+        self._holders.discard(holder)
 
     # ------------------------------------------------------------------ checking
 

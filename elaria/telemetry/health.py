@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from loguru import logger
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -475,6 +476,9 @@ class HealthServer:
         except ConnectionError:
             writer.close()
             return
+        except Exception as exc:  # a bug of ours: answer 500 rather than drop the connection
+            logger.exception("health request failed")
+            status, content_type, body, extra = 500, "text/plain", f"{exc!r}\n".encode(), {}
         headers = {
             "Content-Type": content_type,
             "Content-Length": str(len(body)),
@@ -517,5 +521,6 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,8 @@ def test_a_failing_callback_or_holder_does_not_stop_the_others() -> None:
 
     monitor.on_critical(broken)
     monitor.on_critical(reached.append)
-    monitor.register(BadHolder())
+    bad = BadHolder()
+    monitor.register(bad)
     cache: Cache[str, int] = Cache()
     cache.set("x", 1)
     monitor.register(cache)
@@ -145,6 +147,17 @@ def test_a_failing_callback_or_holder_does_not_stop_the_others() -> None:
     assert len(reached) == 1
     assert reached[0].rss == 95 * MiB
     assert monitor.stats()["shed_items"] == 1
+
+
+def test_holders_are_held_weakly_and_can_be_unregistered() -> None:
+    monitor = MemoryMonitor(sampler=lambda: 1 * MiB, limit=100 * MiB)
+    kept: Cache[str, int] = Cache()
+    monitor.register(kept)
+    monitor.register(Cache())  # nobody else holds this one
+    gc.collect()
+    assert monitor.stats()["holders"] == 1
+    monitor.unregister(kept)
+    assert monitor.stats()["holders"] == 0
 
 
 def test_steady_climb_is_flagged_as_a_leak_and_a_flat_line_is_not() -> None:
