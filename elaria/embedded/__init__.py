@@ -21,6 +21,7 @@ from elaria.embedded.engine import (
     ToolCallFailed,
 )
 from elaria.embedded.faults import Faults
+from elaria.embedded.proxy import FaultProxy
 from elaria.embedded.scripted import (
     DEFAULT_EMBEDDING_KEY,
     DEFAULT_LLM_KEY,
@@ -46,6 +47,7 @@ __all__ = [
     "Engine",
     "EngineError",
     "EngineEvent",
+    "FaultProxy",
     "Faults",
     "Fragment",
     "ModelSpec",
