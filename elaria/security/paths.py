@@ -240,6 +240,37 @@ class PathGuard:
         finally:
             os.close(fd)
 
+    def open_dir_fd(self, path: str | os.PathLike[str]) -> int:
+        """A descriptor of the directory ``path`` names, reached without following symlinks.
+
+        The caller closes it (``os.close``); ``os.scandir(fd)`` lists it.
+        """
+        real = os.fspath(self.resolve(path))
+        root = self._root_of(real)
+        if real == root:
+            fd = os.open(real, _DIR_FLAGS & ~os.O_NOFOLLOW)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self._identities[real]:
+                os.close(fd)
+                raise self._race(os.fspath(path))
+            return fd
+        with self.parent_fd(real) as (dir_fd, leaf):
+            try:
+                return os.open(leaf, _DIR_FLAGS, dir_fd=dir_fd)
+            except NotADirectoryError:
+                if os.path.islink(real):
+                    raise self._race(os.fspath(path)) from None
+                raise refuse(
+                    "path.not_a_directory",
+                    f"{os.fspath(path)!r} is a file, not a directory; use read_file",
+                    value=os.fspath(path),
+                    severity="low",
+                ) from None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise self._race(os.fspath(path)) from None
+                raise
+
     def _open_leaf(self, dir_fd: int, leaf: str, flags: int, shown: str) -> int:
         try:
             # O_NONBLOCK: a FIFO must not hang the open; it is refused below as not regular.

@@ -158,3 +158,27 @@ def test_is_symlink_looks_at_the_leaf_as_named(workspace: Path) -> None:
     assert guard.is_symlink("alias.md")
     assert not guard.is_symlink("notes.md")
     assert not guard.is_symlink("missing.md")
+
+
+def test_open_dir_fd_lists_directories_inside(workspace: Path) -> None:
+    guard = PathGuard([workspace])
+    for path, expected in ((".", {"sub", "notes.md"}), ("sub", {"inner.txt"})):
+        fd = guard.open_dir_fd(path)
+        try:
+            assert {entry.name for entry in os.scandir(fd)} == expected
+        finally:
+            os.close(fd)
+    with pytest.raises(SecurityViolation) as info:
+        guard.open_dir_fd("notes.md")
+    assert info.value.rule == "path.not_a_directory"
+
+
+def test_open_dir_fd_does_not_follow_a_swapped_directory(workspace: Path, outside: Path) -> None:
+    def swap() -> None:
+        shutil.rmtree(workspace / "sub")
+        (workspace / "sub").symlink_to(outside)
+
+    guard = SwappingGuard(workspace, swap)
+    with pytest.raises(SecurityViolation) as info:
+        guard.open_dir_fd("sub")
+    assert info.value.rule == "path.race"

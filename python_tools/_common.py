@@ -1,0 +1,49 @@
+"""Shared helpers for the built-in tools: errors the model can act on, JSON-safe values."""
+
+from __future__ import annotations
+
+import base64
+import errno
+from datetime import UTC, datetime
+from typing import Any
+
+from elaria.errors import ToolExecutionError
+
+__all__ = ["json_safe", "os_error", "timestamp", "tool_error"]
+
+
+def tool_error(tool: str, message: str, hint: str | None = None) -> ToolExecutionError:
+    """An error the model reads as the tool result: what went wrong and what to do instead."""
+    return ToolExecutionError(message, tool=tool, hint=hint)
+
+
+_OS_HINTS = {
+    errno.ENOENT: "It does not exist; use list_dir to see what is there.",
+    errno.EEXIST: "It already exists; pass overwrite=true to replace it, or pick another name.",
+    errno.EISDIR: "It is a directory; use list_dir.",
+    errno.ENOTDIR: "A part of the path is a file, not a directory.",
+    errno.EACCES: "Permission denied; choose another file.",
+    errno.EPERM: "Not permitted; choose another file.",
+    errno.ENOSPC: "The disk is full.",
+    errno.ENAMETOOLONG: "The name is too long; use a shorter one.",
+}
+
+
+def os_error(tool: str, shown: str, exc: OSError) -> ToolExecutionError:
+    """Turn an OS error on ``shown`` into a tool error with a hint."""
+    reason = exc.strerror or type(exc).__name__
+    return tool_error(tool, f"{shown}: {reason}", _OS_HINTS.get(exc.errno or 0))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with bytes turned into ``{"base64": ..., "length": n}`` so it serialises."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        return {"base64": base64.b64encode(raw).decode("ascii"), "length": len(raw)}
+    return value
+
+
+def timestamp(seconds: float | None = None) -> str:
+    """ISO 8601 UTC, to the second."""
+    moment = datetime.now(UTC) if seconds is None else datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="seconds")
