@@ -2,7 +2,9 @@
 
 Shipped in the package (like the embedded LM Studio server) so users can test their own MCP
 setups against crashes and hangs. Modes: ``serve`` (normal), ``hang`` (never answers the
-handshake), ``crash`` (exits with status 3 at once, after a line on stderr).
+handshake), ``crash`` (exits with status 3 at once, after a line on stderr), ``spawn`` (serves,
+after starting a long-lived helper process in its process group that outlives the server, the
+way ``node`` outlives ``npx``: only killing the group ends it).
 
 Tools: ``echo(text)``; ``block(marker)`` creates the file ``marker`` and then never returns (a
 call in flight, for kill tests); ``grow(mb)`` allocates and keeps ``mb`` MiB (for RSS caps).
@@ -29,6 +31,16 @@ def main(argv: list[str] | None = None) -> None:
     if mode == "hang":
         while True:  # never reads stdin, never answers
             time.sleep(3600)
+
+    if mode == "spawn":
+        import subprocess
+
+        # Deliberately not waited for: it must outlive this server unless its group is killed.
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
 
     from mcp.server.mcpserver import MCPServer
 
