@@ -21,8 +21,9 @@ async API has no timeouts, and ``session.connected`` stays true on a dead socket
   call error. A dead or frozen client is **evicted and replaced, never retried**.
 * **Reconnect delays** come from :class:`~elaria.resilience.backoff.ReconnectBackoff` (full
   jitter; reset only after a connection stayed up ``stable_after``), so a server that accepts and
-  drops at once cannot cause a hot loop. After ``max_attempts`` failures in a row the supervisor
-  rests until the next caller asks.
+  drops at once cannot cause a hot loop. A plainly refused connect waits at most
+  :data:`REFUSED_RETRY_CAP_S`, so a restarted LM Studio is found again within seconds. After
+  ``max_attempts`` failures in a row the supervisor rests until the next caller asks.
 * **Callers never wait long for a dead host**: :meth:`ClientPool.lease` waits for an attempt that
   is under way or due within ``connect_timeout``; otherwise it fails at once with
   :class:`~elaria.errors.HostDown` (``retry_after`` in the hint), so failover can move on.
@@ -54,6 +55,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import httpx
 import lmstudio
 from cachetools import TTLCache
 from loguru import logger
@@ -72,6 +74,10 @@ T = TypeVar("T")
 CLOSE_TIMEOUT_S = 5.0
 #: Model handles kept per host: a few models per host is the norm, a bound is still needed.
 HANDLE_CACHE_SIZE = 64
+#: A refused connect costs a server nothing, so a host that is off is polled at least this often
+#: (an LM Studio restart is noticed within seconds); anything that got further (accepted, then
+#: dropped or stalled) follows the full exponential backoff.
+REFUSED_RETRY_CAP_S = 2.0
 #: A cancel message is one small frame; do not let a sick socket hold the caller longer.
 CANCEL_SEND_TIMEOUT_S = 1.0
 
@@ -464,8 +470,10 @@ class ClientPool:
     async def _supervise(self, h: _Host) -> None:
         try:
             while not h.stopping:
-                delay = h.next_attempt_at - self._clock()
-                if delay > 0 and await self._rest(h, delay):
+                # Wake-ups do not shorten the backoff: rest until the attempt is due.
+                while (delay := h.next_attempt_at - self._clock()) > 0 and not h.stopping:
+                    await self._rest(h, delay)
+                if h.stopping:
                     break
                 if not await self._attempt(h):
                     h.failures_in_a_row += 1
@@ -489,13 +497,12 @@ class ClientPool:
                 h.state = HostState.CLOSED if self._closed else HostState.IDLE
 
     async def _rest(self, h: _Host, seconds: float) -> bool:
-        """Sleep ``seconds`` unless told to stop; True if stopping."""
-        h.wake.clear()
+        """Sleep up to ``seconds``; a wake-up (stop, eviction, "probe now") ends it early.
+        True if stopping."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                while not h.stopping:
-                    await h.wake.wait()
-                    h.wake.clear()
+                await h.wake.wait()
+        h.wake.clear()
         return h.stopping
 
     async def _attempt(self, h: _Host) -> bool:
@@ -510,7 +517,10 @@ class ClientPool:
         except Exception as exc:
             error = to_backend_error(exc, host=h.url)
             self._note_error(h, error)
-            h.next_attempt_at = self._clock() + h.backoff.next_delay()
+            delay = h.backoff.next_delay()
+            if _refused(exc):
+                delay = min(delay, REFUSED_RETRY_CAP_S)
+            h.next_attempt_at = self._clock() + delay
             h.state = HostState.DOWN
             h.next_attempt = asyncio.get_running_loop().create_future()
             fut.set_exception(error)
@@ -600,16 +610,25 @@ class ClientPool:
             h.backoff.still_up()
         self._evict(h, conn, reason)
         if h.stopping:
+            # Closing an idle client is no failure: the next caller connects at once.
             await asyncio.wait({conn.owner}, timeout=CLOSE_TIMEOUT_S)
+            h.next_attempt_at = 0.0
+            return
         h.backoff.disconnected()
         h.next_attempt_at = self._clock() + h.backoff.next_delay()
-        if not h.stopping:
-            h.state = HostState.RECONNECTING
+        h.state = HostState.RECONNECTING
 
     async def _cleanup_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.cleanup_interval_s)
             await self.close_idle()
+
+
+def _refused(exc: BaseException) -> bool:
+    """Nothing accepted the connection (or the greeting): the host is simply not there."""
+    if isinstance(exc, ConnectionRefusedError | httpx.ConnectError):
+        return True
+    return isinstance(exc, lmstudio.LMStudioClientError) and "not reachable" in str(exc)
 
 
 async def _close_quietly(client: lmstudio.AsyncClient) -> None:
