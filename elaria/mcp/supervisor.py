@@ -12,8 +12,9 @@ A :class:`ServerSupervisor` owns one background task per server. That task holds
    connection with a reason that becomes ``last_error``.
 3. tear down — close the session, then kill the whole process group (always, even after a clean
    exit: a grandchild may outlive ``npx``).
-4. restart — after a delay from :class:`~elaria.resilience.backoff.ReconnectBackoff`, while the
-   restart budget lasts; then the server is ``failed`` for good.
+4. restart — after a delay from :class:`~elaria.resilience.backoff.ReconnectBackoff`. A child is
+   restarted while the restart budget lasts, then it is ``failed`` for good; an HTTP endpoint is
+   reconnected for as long as the bridge lives (``restarts`` counts the attempts).
 
 A server that fails its *first* start is ``failed`` at once (a wrong command or URL does not
 heal by retrying); :meth:`start` raises :class:`~elaria.errors.McpError` with the reason.
@@ -255,7 +256,9 @@ class ServerSupervisor:
                 failed = McpError(f"failed to start: {reason}", server=self.name, hint=hint)
                 self._first.set_exception(failed)
                 return
-            if self.restarts >= self._settings.restart_budget:
+            # The budget bounds processes we spawn; a remote endpoint is retried with backoff.
+            is_child = isinstance(self.config, StdioServerConfig)
+            if is_child and self.restarts >= self._settings.restart_budget:
                 self.state = "failed"
                 return
             self.state = "restarting"
