@@ -470,10 +470,7 @@ class ClientPool:
     async def _supervise(self, h: _Host) -> None:
         try:
             while not h.stopping:
-                # Wake-ups do not shorten the backoff: rest until the attempt is due.
-                while (delay := h.next_attempt_at - self._clock()) > 0 and not h.stopping:
-                    await self._rest(h, delay)
-                if h.stopping:
+                if await self._rest_until_due(h):
                     break
                 if not await self._attempt(h):
                     h.failures_in_a_row += 1
@@ -495,6 +492,14 @@ class ClientPool:
             h.supervisor = None
             if h.state is not HostState.DOWN or self._closed:
                 h.state = HostState.CLOSED if self._closed else HostState.IDLE
+
+    async def _rest_until_due(self, h: _Host) -> bool:
+        """Wait for the next attempt's time (wake-ups do not shorten a backoff); True if
+        stopping."""
+        while (delay := h.next_attempt_at - self._clock()) > 0:
+            if await self._rest(h, delay):
+                return True
+        return h.stopping
 
     async def _rest(self, h: _Host, seconds: float) -> bool:
         """Sleep up to ``seconds``; a wake-up (stop, eviction, "probe now") ends it early.
