@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from hypothesis import given, settings
@@ -77,6 +78,44 @@ def test_plan_trim_counts_the_pinned_system_prompt() -> None:
     units = [UnitCost(1, 10), UnitCost(1, 10)]
     assert plan_trim(units, max_messages=2, max_tokens=1000, pinned_messages=1) == [0]
     assert plan_trim(units, max_messages=5, max_tokens=25, pinned_tokens=10) == [0]
+
+
+def test_soak_a_million_messages_through_the_trimming_rules() -> None:
+    """A million messages, fed the way ConversationHistory feeds plan_trim: running totals,
+    a unit growing as tool results arrive, the planned units dropped."""
+    max_messages, max_tokens = 50, 2_000
+    units: deque[UnitCost] = deque()
+    messages = tokens = dropped = peak_messages = peak_tokens = 0
+    pattern = ["user", "call", "result", "result", "answer"]  # two results for one call
+    for i in range(1_000_000):
+        kind = pattern[i % len(pattern)]
+        cost = 30 + i % 17
+        if kind == "result":  # joins its call's unit
+            last = units.pop()
+            units.append(UnitCost(last.messages + 1, last.tokens + cost))
+        else:
+            units.append(UnitCost(1, cost, is_user=kind == "user"))
+        messages += 1
+        tokens += cost
+        drops = plan_trim(
+            units,
+            max_messages=max_messages,
+            max_tokens=max_tokens,
+            total_messages=messages,
+            total_tokens=tokens,
+        )
+        for index in reversed(drops):
+            gone = units[index]
+            del units[index]
+            messages -= gone.messages
+            tokens -= gone.tokens
+            dropped += gone.messages
+        peak_messages = max(peak_messages, messages)
+        peak_tokens = max(peak_tokens, tokens)
+    assert peak_messages <= max_messages
+    assert peak_tokens <= max_tokens
+    assert dropped + messages == 1_000_000
+    assert messages == sum(u.messages for u in units)
 
 
 # ---------------------------------------------------------------- property over random chats
