@@ -20,7 +20,17 @@ from elaria.telemetry.health import HealthServer, machine_registry
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default: health.host, loopback)")
-    parser.add_argument("--port", type=int, help="port (default: health.port; 0 = a free one)")
+    parser.add_argument("--port", type=_port, help="port (default: health.port; 0 = a free one)")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"{port} is outside 0..65535 (0 picks a free port)")
+    return port
 
 
 def main(args: argparse.Namespace) -> int:

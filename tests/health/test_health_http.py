@@ -199,3 +199,17 @@ async def test_serve_health_serves_until_interrupted() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_serve_health_explains_a_busy_or_bad_port() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = await run_cli("serve-health", "--port", str(port))
+    assert code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "Pick another --port" in err
+    code, _, err = await run_cli("serve-health", "--port", "70000")
+    assert code == 2
+    assert "outside 0..65535" in err
