@@ -16,7 +16,7 @@ from typing import Any
 from elaria.config import Settings, load_settings
 from elaria.errors import AllTargetsFailed, ConfigError, ElariaError, FailedAttempt
 from elaria.lmstudio.failover import Failover
-from elaria.lmstudio.pool import ClientPool, api_host_of
+from elaria.lmstudio.pool import ClientPool, check_host
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
             hint="Pass --host ws://localhost:1234 or set lmstudio.hosts in elaria.toml.",
         )
     for host in hosts:
-        api_host_of(host)  # a malformed URL is a ConfigError before any network I/O
+        # Refused before any network I/O: malformed, or a remote host not allowed.
+        check_host(host, settings.lmstudio, settings.security)
     listings = asyncio.run(_collect(settings, hosts))
     if args.json:
         print(json.dumps(listings, indent=2))
@@ -56,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _collect(settings: Settings, hosts: list[str]) -> list[dict[str, Any]]:
-    async with ClientPool(settings.lmstudio, settings.reconnect) as pool:
+    async with ClientPool.from_settings(settings) as pool:
         failover = Failover(pool, settings)
         return list(await asyncio.gather(*(_one(failover, host) for host in hosts)))
 

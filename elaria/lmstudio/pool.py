@@ -60,13 +60,21 @@ import lmstudio
 from cachetools import TTLCache
 from loguru import logger
 
-from elaria.config import LMStudioSettings, ReconnectSettings
-from elaria.errors import BackendError, ConfigError, ElariaError, ElariaTimeoutError, HostDown
+from elaria.config import LMStudioSettings, ReconnectSettings, SecuritySettings, Settings
+from elaria.errors import (
+    BackendError,
+    ConfigError,
+    ElariaError,
+    ElariaTimeoutError,
+    HostDown,
+    SecurityViolation,
+)
 from elaria.resilience.backoff import ReconnectBackoff
 from elaria.resilience.classify import FailureClass, classify, to_backend_error
 from elaria.resilience.retry import with_timeout
+from elaria.security.urls import validate_ws_url
 
-__all__ = ["ClientPool", "HostState", "Lease", "api_host_of"]
+__all__ = ["ClientPool", "HostState", "Lease", "api_host_of", "check_host"]
 
 T = TypeVar("T")
 
@@ -89,6 +97,24 @@ class HostState(enum.StrEnum):
     RECONNECTING = "reconnecting"  # lost a client; the next attempt is under way or due
     DOWN = "down"  # the last attempt failed; waiting for the backoff delay
     CLOSED = "closed"
+
+
+def check_host(
+    url: str, settings: LMStudioSettings, security: SecuritySettings | None = None
+) -> str:
+    """Refuse a host Elaria may not connect to (:func:`~elaria.security.urls.validate_ws_url`:
+    loopback, or listed in ``security.allowed_remote_hosts``, plaintext remote only with
+    ``lmstudio.allow_plaintext_remote``); return the SDK's ``host:port`` for it."""
+    try:
+        validate_ws_url(
+            url,
+            allowed_remote_hosts=(security or SecuritySettings()).allowed_remote_hosts,
+            allow_plaintext_remote=settings.allow_plaintext_remote,
+        )
+    except SecurityViolation as exc:
+        # A refused host is a settings problem the operator fixes in lmstudio.hosts.
+        raise ConfigError(exc.message, where="lmstudio.hosts") from exc
+    return api_host_of(url)
 
 
 def api_host_of(url: str) -> str:
@@ -223,8 +249,10 @@ class ClientPool:
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
         on_event: Callable[[str, str], None] | None = None,
+        security: SecuritySettings | None = None,
     ) -> None:
         self._on_event = on_event
+        self._security = security
         self.settings = settings or LMStudioSettings()
         self.reconnect = reconnect or ReconnectSettings()
         if self.settings.api_token is not None:
@@ -239,6 +267,11 @@ class ClientPool:
         self._cleanup: asyncio.Task[None] | None = None
         self._owners: set[asyncio.Task[None]] = set()
         self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> ClientPool:
+        """The pool for the whole :class:`~elaria.config.Settings` (hosts checked on use)."""
+        return cls(settings.lmstudio, settings.reconnect, security=settings.security, **kwargs)
 
     # ------------------------------------------------------------------ public
 
@@ -379,7 +412,7 @@ class ClientPool:
             r = self.reconnect
             h = _Host(
                 url=url,
-                api_host=api_host_of(url),
+                api_host=check_host(url, self.settings, self._security),
                 backoff=ReconnectBackoff(
                     initial=r.initial_delay_ms / 1000,
                     cap=r.max_delay_ms / 1000,

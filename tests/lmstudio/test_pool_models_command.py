@@ -54,4 +54,6 @@ def test_bad_or_missing_hosts_are_configuration_errors(capsys: pytest.CaptureFix
     assert cli.main(["models"]) == 2
     assert "no LM Studio host" in capsys.readouterr().err
     assert cli.main(["models", "--host", "http://localhost:1234"]) == 2
-    assert "ws://host:port" in capsys.readouterr().err
+    assert "scheme must be ws or wss" in capsys.readouterr().err
+    assert cli.main(["models", "--host", "ws://example.com:1234"]) == 2
+    assert "allowed_remote_hosts" in capsys.readouterr().err

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from elaria.config import LMStudioSettings, ReconnectSettings, Settings
+from elaria.config import LMStudioSettings, ReconnectSettings, SecuritySettings, Settings
 from elaria.embedded import EmbeddedServer, ScriptedEngine, malformed_call, reply, tool_call
 from elaria.errors import ConfigError, ElariaTimeoutError
 from elaria.lmstudio.failover import Failover
-from elaria.lmstudio.pool import ClientPool, api_host_of
+from elaria.lmstudio.pool import ClientPool, api_host_of, check_host
 from elaria.lmstudio.predict import predict_round
 from elaria.lmstudio.rounds import RoundRequest
 
@@ -167,6 +167,25 @@ async def test_model_questions_for_the_agent(
     keys = {m["model_key"] for m in models["downloaded"]}
     assert {"scripted-llm", "scripted-embedding"} <= keys
     assert "scripted-llm" in {m["identifier"] for m in models["loaded"]}
+
+
+def test_remote_hosts_need_the_allowlist_and_plaintext_needs_an_opt_in() -> None:
+    lan = "ws://192.168.1.20:1234"
+    with pytest.raises(ConfigError, match="allowed_remote_hosts"):
+        check_host(lan, LMStudioSettings())
+    allowed = SecuritySettings(allowed_remote_hosts=["192.168.1.20"])
+    with pytest.raises(ConfigError, match="unencrypted"):
+        check_host(lan, LMStudioSettings(), allowed)
+    opted_in = LMStudioSettings(allow_plaintext_remote=True)
+    assert check_host(lan, opted_in, allowed) == "192.168.1.20:1234"
+    assert check_host("ws://localhost:1234", LMStudioSettings()) == "localhost:1234"
+
+
+async def test_the_pool_refuses_a_host_that_is_not_allowed() -> None:
+    async with ClientPool(LMStudioSettings()) as pool:
+        with pytest.raises(ConfigError, match="allowed_remote_hosts"):
+            async with pool.lease("ws://example.com:1234"):
+                pass
 
 
 def test_host_urls_are_translated_for_the_sdk_and_bad_ones_refused() -> None:
