@@ -46,12 +46,14 @@ Limits: structures deeper than :data:`MAX_DEPTH` are replaced by ``"[REDACTED]"`
 if two keys redact to the same text, the later one wins. Objects that are not JSON-like are
 returned as they are — serialise them (``str``/``json.dumps(default=str)``) and redact the result.
 
-Speed: it runs on every log record. All patterns are compiled once; strings shorter than
-:data:`_MIN_SECRET_LEN` or with none of the trigger substrings return at once.
+Speed: it runs on every log record. All patterns are compiled once; key verdicts are cached;
+strings shorter than :data:`_MIN_SECRET_LEN`, or holding none of the substrings a pattern needs
+(plain ``in`` checks), return without running any regex.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -114,9 +116,7 @@ _KEY_VALUE = re.compile(
     r"(?P<value>\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
     r"|(?:(?:Bearer|Basic|Digest|Token|Bot|bearer|basic|token)\s+)?[^\s&;,'\"<>()\[\]{}]+)"
 )
-#: Cheap pre-checks: a string none of these match cannot hold anything we redact.
-_TRIGGER = re.compile(r"[=:@]|sk-|gh[pousr]_|github_pat_|eyJ|xox|A[BCGIKNPRS][A-Z]A|earer|EARER")
-_SECRET_WORD_HINT = re.compile(r"(?i)pass|pwd|secret|token|key|auth|cookie|credential|session")
+_AWS_PREFIX = re.compile(r"A(?:KIA|SIA|BIA|CCA|GPA|IDA|ROA|IPA|NPA|NVA|PKA)")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _USERINFO_TOKEN_MIN: Final = 16
 
@@ -125,6 +125,7 @@ def _words(key: str) -> list[str]:
     return [w for w in _NON_ALNUM.split(_CAMEL.sub("_", key).lower()) if w]
 
 
+@functools.lru_cache(maxsize=4096)  # the same few hundred keys come back on every record
 def secret_strength(key: str) -> Strength | None:
     """``"strong"``, ``"token"`` or ``None`` for a key name (see the module docstring)."""
     words = _words(key)
@@ -156,6 +157,17 @@ def redact_text(text: str) -> str:
 def _walk(value: Any, forced: Strength | None, depth: int) -> Any:
     if depth > MAX_DEPTH:
         return REDACTED
+    # Exact-type fast paths for what log records are made of; ABC checks below are slower.
+    kind = type(value)
+    if kind is str:
+        return REDACTED if forced is not None and value else _redact_str(value)
+    if kind is dict and forced is None:
+        return {
+            (_redact_str(k) if type(k) is str else k): _walk(
+                item, secret_strength(k) if type(k) is str else None, depth + 1
+            )
+            for k, item in value.items()
+        }
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -202,21 +214,61 @@ def _walk(value: Any, forced: Strength | None, depth: int) -> Any:
 
 
 def _redact_str(text: str) -> str:
-    if len(text) < _MIN_SECRET_LEN or not _TRIGGER.search(text):
+    if len(text) < _MIN_SECRET_LEN:
+        return text
+    lowered = text.lower()
+    has_key = _has_key_hint(lowered)
+    has_token = _has_token_hint(text)
+    has_bearer = "bearer" in lowered
+    has_url = "://" in text
+    if not (has_key or has_token or has_bearer or has_url):
         return text
     stripped = text.strip()
     if stripped[:1] in ("{", "[") and stripped[-1:] in ("}", "]"):
         embedded = _redact_embedded_json(stripped)
         if embedded is not None:
             return embedded if embedded != stripped else text
-    result = _TOKEN_FORMATS.sub(REDACTED, text)
-    result = _BEARER.sub(lambda m: f"{m['scheme']}{m['sp']}{REDACTED}", result)
-    if "://" in result:
+    result = _TOKEN_FORMATS.sub(REDACTED, text) if has_token else text
+    if has_bearer:
+        result = _BEARER.sub(lambda m: f"{m['scheme']}{m['sp']}{REDACTED}", result)
+    if has_url:
         result = _URL_USERINFO.sub(_userinfo_sub, result)
-    if _SECRET_WORD_HINT.search(result):
+    if has_key:
         result = _HEADER_LINE.sub(lambda m: f"{m['name']}{m['sep']}{REDACTED}", result)
         result = _KEY_VALUE.sub(_key_value_sub, result)
     return text if result == text else result
+
+
+# The two hint checks are written out (no any() over a tuple): they run on every string of every
+# log record, and a generator costs more than the substring tests themselves. A string without
+# the substrings cannot match the patterns they guard.
+
+
+def _has_key_hint(lowered: str) -> bool:
+    """Stems of every secret-named key (see _STRONG_WORDS / _TOKEN_WORDS)."""
+    return (
+        "pass" in lowered
+        or "pwd" in lowered
+        or "secret" in lowered
+        or "token" in lowered
+        or "key" in lowered
+        or "auth" in lowered
+        or "cookie" in lowered
+        or "credential" in lowered
+        or "session" in lowered
+        or "signature" in lowered
+    )
+
+
+def _has_token_hint(text: str) -> bool:
+    """Prefixes of every token format in _TOKEN_FORMATS."""
+    return (
+        "sk-" in text
+        or "eyJ" in text
+        or "xox" in text
+        or ("_" in text and ("gh" in text or "github_pat_" in text))
+        or ("A" in text and _AWS_PREFIX.search(text) is not None)
+    )
 
 
 def _redact_embedded_json(text: str) -> str | None:
