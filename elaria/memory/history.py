@@ -63,8 +63,9 @@ TokenCounter = Callable[[str], Awaitable[int]]
 TOOL_RESULT_SHARE = 0.25
 #: Never cut a tool result below this many characters, however small the budget.
 MIN_TOOL_RESULT_CHARS = 1_000
-#: How many characters ``read_spilled`` returns per page: a page must itself fit a result share.
-SPILL_PAGE_CHARS = 8_000
+#: Room left in a page of ``read_spilled`` for its "next page" marker, so that a page recorded
+#: as a tool result fits the result share and is not spilled again.
+PAGE_MARKER_ROOM = 100
 #: Distinct texts whose exact token count is remembered across messages (re-adds, from_chat).
 COUNT_MEMO_SIZE = 4_096
 #: The token budget never drops below this, whatever the model's context length says.
@@ -323,7 +324,7 @@ class ConversationHistory:
                 tool="read_spilled_result",
                 hint="Use the offset given in the last page's marker.",
             )
-        end = min(len(full), offset + SPILL_PAGE_CHARS)
+        end = min(len(full), offset + self._result_share_chars() - PAGE_MARKER_ROOM)
         page = full[offset:end]
         if end < len(full):
             page += f"\n[... {len(full) - end} more characters; next page: offset={end}]"

@@ -176,6 +176,7 @@ async def test_long_tool_result_is_spilled_and_readable_by_handle() -> None:
     pages, offset = [], 8_000
     while True:
         page = await reader.invoke({"handle": handle.group(1), "offset": offset})
+        assert len(page) <= 8_000  # a page fits the result share: recording it spills nothing
         marker = re.search(r"\n\[\.\.\. \d+ more characters; next page: offset=(\d+)\]$", page)
         pages.append(page[: marker.start()] if marker else page)
         if marker is None:
