@@ -378,10 +378,15 @@ class RequestContext:
             "events": self.events,
             "tool_calls": self.tool_calls,
             "dropped_entries": self.dropped_entries,
-            "meta": self.meta,
+            "meta": redact(self.meta),
         }
-        cleaned: dict[str, Any] = redact(record)
-        return cleaned
+        # Previews, errors and every list entry were redacted when they were added; hosts and
+        # model names are the only other free text.
+        for key in ("final_host", "final_model"):
+            value = record[key]
+            if isinstance(value, str):
+                record[key] = redact_text(value)
+        return record
 
     def _append(self, target: list[dict[str, Any]], entry: dict[str, Any]) -> None:
         self._seq += 1
