@@ -213,3 +213,15 @@ async def test_handles_are_cached_and_the_pool_reports_its_state(
         assert stats["in_flight"] == 0
         assert f"{server.ws_url}=connected" in repr(pool)
     assert "closed" in repr(pool)
+
+
+def test_package_surface() -> None:
+    import elaria.lmstudio as package
+
+    assert sorted(package.__all__) == sorted(
+        ["ClientPool", "Failover", "HostState", "Lease", "predict_round"]
+    )
+    assert package.ClientPool is ClientPool
+    assert package.Failover is Failover
+    with pytest.raises(AttributeError):
+        _ = package.nothing_here

@@ -85,3 +85,10 @@ async def test_batch_bounds_concurrency_and_keeps_errors_per_job() -> None:
     assert len(progress) == 6
     with pytest.raises(ValueError, match="max_concurrency"):
         BatchExecutor(0)
+
+
+def test_resilience_public_surface() -> None:
+    import elaria.resilience as package
+
+    assert all(hasattr(package, name) for name in package.__all__)
+    assert {"CircuitBreaker", "classify", "delays", "retry", "TokenBucket"} <= set(package.__all__)
