@@ -21,18 +21,20 @@ no such column) propagate as ``sqlite3.Error``.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from elaria.security.sqlcheck import SYSTEM_TABLES, checked_tokens
-from elaria.security.sqltokens import Token, cte_names, respell_double_quotes
+from elaria.security.sqltokens import cte_names, respell_double_quotes
 from elaria.security.violations import refuse
 
 __all__ = ["SYSTEM_TABLES", "SafeSQLite", "SqlParams"]
@@ -45,6 +47,8 @@ DEFAULT_TIME_BUDGET_S = 2.0
 PROGRESS_EVERY_OPS = 1_000
 #: Largest string or blob a statement may build (``zeroblob(1e9)`` would exhaust memory).
 MAX_VALUE_BYTES = 16 * 1024 * 1024
+#: Statements whose text analysis is remembered (models repeat the same few queries).
+STATEMENT_CACHE_SIZE = 512
 #: Rows one call may return before the model is told to narrow the query.
 DEFAULT_MAX_ROWS = 10_000
 
@@ -85,7 +89,7 @@ class SafeSQLite:
         self._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
         self._lock = threading.Lock()
         self._trusted = False
-        self._ctes: set[str] = set()
+        self._ctes: frozenset[str] = frozenset()
         self._denial: tuple[str, str] | None = None
         self._deadline = 0.0
         self._conn.set_authorizer(self._authorize)
@@ -125,14 +129,13 @@ class SafeSQLite:
         self, sql: str, params: SqlParams = (), *, limit: int
     ) -> tuple[list[dict[str, Any]], bool]:
         """Like :meth:`execute`, but returns at most ``limit`` rows and whether more existed."""
-        tokens = checked_tokens(sql, read_only=self.read_only)
-        self._check_params(tokens, params)
-        prepared = respell_double_quotes(tokens)
-        with self._lock, self._guarded(cte_names(tokens), sql):
+        statement = _analyse(sql, self.read_only)
+        self._check_params(statement.placeholders, params)
+        with self._lock, self._guarded(statement.ctes, sql):
             try:
-                cursor = self._conn.execute(prepared, params)
+                cursor = self._conn.execute(statement.prepared, params)
             except sqlite3.DatabaseError as exc:
-                raise self._explain(exc, tokens, sql) from exc
+                raise self._explain(exc, statement, sql) from exc
             columns = _unique_columns(cursor.description)
             fetched = cursor.fetchmany(limit + 1) if columns else []
             cursor.close()
@@ -179,8 +182,7 @@ class SafeSQLite:
 
     # ---------------------------------------------------------------- checks before SQLite
 
-    def _check_params(self, tokens: list[Token], params: SqlParams) -> None:
-        placeholders = [t.text for t in tokens if t.kind == "param"]
+    def _check_params(self, placeholders: tuple[str, ...], params: SqlParams) -> None:
         named = {p[1:] for p in placeholders if p[0] != "?"}
         if named and len(named) != len(placeholders):
             raise refuse(
@@ -231,13 +233,13 @@ class SafeSQLite:
     # ---------------------------------------------------------------- SQLite's side
 
     @contextmanager
-    def _guarded(self, ctes: set[str], sql: str) -> Iterator[None]:
+    def _guarded(self, ctes: frozenset[str], sql: str) -> Iterator[None]:
         self._ctes, self._denial = ctes, None
         self._deadline = time.monotonic() + self.time_budget_s
         try:
             yield
         finally:
-            self._ctes = set()
+            self._ctes = frozenset()
 
     @contextmanager
     def _trusting(self) -> Iterator[None]:
@@ -291,7 +293,7 @@ class SafeSQLite:
     def _progress(self) -> int:
         return 1 if time.monotonic() > self._deadline else 0
 
-    def _explain(self, exc: sqlite3.DatabaseError, tokens: list[Token], sql: str) -> Exception:
+    def _explain(self, exc: sqlite3.DatabaseError, statement: _Statement, sql: str) -> Exception:
         text = str(exc)
         if self._denial is not None:  # the authorizer refused while SQLite prepared the statement
             rule, message = self._denial
@@ -305,8 +307,7 @@ class SafeSQLite:
             )
         if text.startswith("no such column: "):
             missing = text.removeprefix("no such column: ")
-            quoted = {t.name for t in tokens if t.kind == "ident" and t.text[0] == '"'}
-            if missing in quoted:
+            if missing in statement.double_quoted:
                 return refuse(
                     "sql.double_quoted_string",
                     f'"{missing}" names no column; double quotes are for identifiers. For a '
@@ -326,7 +327,29 @@ _ACTION_NAMES = {
 }
 
 
-def _positional_count(placeholders: list[str]) -> int:
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    """What the text checks learned about one statement; a pure function of its text."""
+
+    prepared: str
+    ctes: frozenset[str]
+    placeholders: tuple[str, ...]
+    double_quoted: frozenset[str]
+
+
+@functools.lru_cache(maxsize=STATEMENT_CACHE_SIZE)
+def _analyse(sql: str, read_only: bool) -> _Statement:
+    # Refusals raise, and lru_cache never caches an exception: each one is logged again.
+    tokens = checked_tokens(sql, read_only=read_only)
+    return _Statement(
+        prepared=respell_double_quotes(tokens),
+        ctes=frozenset(cte_names(tokens)),
+        placeholders=tuple(t.text for t in tokens if t.kind == "param"),
+        double_quoted=frozenset(t.name for t in tokens if t.kind == "ident" and t.text[0] == '"'),
+    )
+
+
+def _positional_count(placeholders: tuple[str, ...]) -> int:
     """How many values SQLite expects: an anonymous ``?`` takes the largest index so far + 1."""
     highest = 0
     for text in placeholders:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -81,9 +83,20 @@ def test_non_strings_are_refused() -> None:
 
 
 @settings(deadline=None)  # timing on a shared machine is not the property
-@given(st.text(alphabet=st.characters(categories=("L", "N", "Zs")), max_size=50))
+@given(st.text(alphabet=st.characters(categories=("L", "Nd", "Zs")), max_size=50))
 def test_property_letters_digits_and_spaces_pass(arg: str) -> None:
-    if not arg.startswith("-"):
+    assert check_shell_arg(arg) == arg
+
+
+@settings(deadline=None)
+@given(st.text(alphabet=st.characters(categories=("N", "P", "S")), min_size=1, max_size=20))
+def test_property_whatever_normalises_to_a_metacharacter_is_refused(arg: str) -> None:
+    normalized = unicodedata.normalize("NFKC", arg)
+    dangerous = any(ch in ";&|`$<>()\\" for ch in normalized) or normalized.startswith("-")
+    if dangerous:
+        with pytest.raises(SecurityViolation):
+            check_shell_arg(arg)
+    else:
         assert check_shell_arg(arg) == arg
 
 
