@@ -33,7 +33,8 @@ open until the test releases it.
 
 **Inspection.** ``engine.requests`` lists every :class:`PredictRequest` (history, tools, config,
 structured, max_tokens...) in arrival order; ``await engine.wait_for_requests(n)`` waits until
-``n`` arrived; ``engine.loads`` / ``engine.unloads`` record model keys; ``engine.log`` records
+``n`` arrived, ``await engine.wait_for_log(("done", n))`` until the n-th finished (both bounded
+by a timeout); ``engine.loads`` / ``engine.unloads`` record model keys; ``engine.log`` records
 ``("start" | "done" | "stopped", n)`` for the n-th request (1-based): ``"stopped"`` means the
 stream was closed before its end (a cancel, or a dead socket).
 
@@ -274,8 +275,7 @@ class ScriptedEngine:
         self.unloads: list[str] = []
         self.log: list[tuple[str, int]] = []
         self._queues: dict[str | None, deque[TurnSource]] = {}
-        self._arrived: asyncio.Condition | None = None
-        self._arrived_loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._tool_ids = 0
 
     # ------------------------------------------------------------------ scripting
@@ -291,18 +291,32 @@ class ScriptedEngine:
         self, count: int, timeout: float = DEFAULT_WAIT_S
     ) -> PredictRequest:
         """Wait until ``count`` predictions arrived in total; returns the ``count``-th."""
-        cond = self._condition()
-        async with asyncio.timeout(timeout), cond:
-            await cond.wait_for(lambda: len(self.requests) >= count)
+        await self.wait_until(lambda: len(self.requests) >= count, timeout)
         return self.requests[count - 1]
 
-    def _condition(self) -> asyncio.Condition:
-        # One engine may serve several event loops in turn (one per test); a Condition binds
-        # to the first loop that uses it.
-        loop = asyncio.get_running_loop()
-        if self._arrived is None or self._arrived_loop is not loop:
-            self._arrived, self._arrived_loop = asyncio.Condition(), loop
-        return self._arrived
+    async def wait_for_log(self, entry: tuple[str, int], timeout: float = DEFAULT_WAIT_S) -> None:
+        """Wait until ``entry`` (e.g. ``("stopped", 1)``) is in :attr:`log`."""
+        await self.wait_until(lambda: entry in self.log, timeout)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait until ``predicate()`` holds; it is re-checked whenever a request or log entry
+        is recorded. ``TimeoutError`` after ``timeout`` seconds."""
+        if predicate():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (predicate, future)
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        for predicate, future in list(self._waiters):
+            if not future.done() and predicate():
+                future.set_result(None)
 
     def _next_turn(self, request: PredictRequest) -> Turn:
         for key in (request.identifier, request.model_key, None):
@@ -330,9 +344,7 @@ class ScriptedEngine:
         self.requests.append(request)
         number = len(self.requests)
         self.log.append(("start", number))
-        cond = self._condition()
-        async with cond:
-            cond.notify_all()
+        self._wake()
         finished = False
         try:
             async for event in self._play(self._next_turn(request), request):
@@ -341,6 +353,7 @@ class ScriptedEngine:
                 yield event
         finally:
             self.log.append(("done" if finished else "stopped", number))
+            self._wake()
 
     async def _play(self, turn: Turn, request: PredictRequest) -> AsyncIterator[EngineEvent]:
         if turn.error is not None:
