@@ -260,7 +260,18 @@ class LineWriter:
             self.file.close()
 
     def stats(self) -> dict[str, Any]:
+        """Counters, plus ``status`` (``ok`` | ``degraded``) and ``reasons`` in the shape the
+        health snapshot's generic assessor reads."""
+        reasons = []
+        if self.file.stats()["failing"]:
+            reasons.append(f"cannot write {self.file.path.name}: {self.file.last_error}")
+        if self.batch_failures and self._batch_failing:
+            reasons.append(f"secondary store for {self.file.path.name} failing")
+        if self.dropped_queue_full:
+            reasons.append(f"{self.dropped_queue_full} line(s) dropped: queue full")
         return {
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
             **self.file.stats(),
             "submitted": self.submitted,
             "queued": self._queue.qsize(),

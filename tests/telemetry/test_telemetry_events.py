@@ -260,6 +260,8 @@ async def test_an_unwritable_log_leaves_callers_unaffected_and_is_reported_once(
     assert stats["failed_writes"] == 1
     assert stats["failing"] is True
     assert stats["last_error"].startswith("FileExistsError")
+    assert stats["status"] == "degraded"  # what the health snapshot reads
+    assert "cannot write e.jsonl" in stats["reasons"][0]
     errors = [r for r in records if "inference event log" in r["message"]]
     assert len(errors) == 1
     assert errors[0]["level"] == "ERROR"

@@ -118,6 +118,7 @@ async def test_line_writer_flushes_everything_on_close(tmp_path: Path) -> None:
     lines = (tmp_path / "w.jsonl").read_text().splitlines()
     assert [json.loads(x)["i"] for x in lines] == list(range(1000))
     assert writer.stats()["dropped"] == 0
+    assert writer.stats()["status"] == "ok"
 
 
 async def test_line_writer_drops_and_counts_when_full_or_not_running(tmp_path: Path) -> None:
@@ -133,6 +134,8 @@ async def test_line_writer_drops_and_counts_when_full_or_not_running(tmp_path: P
     assert stats["dropped_queue_full"] == 15
     assert stats["dropped_not_running"] == 2
     assert stats["dropped"] == 17
+    assert stats["status"] == "degraded"
+    assert stats["reasons"] == ["15 line(s) dropped: queue full"]
     assert len((tmp_path / "w.jsonl").read_text().splitlines()) == 5
 
 
