@@ -5,7 +5,9 @@ reconfigures cleanly, and tests can point it at a temporary directory):
 
 * a **patcher** on loguru's core that, for every record and therefore every sink (including sinks
   added by others), adds the current ``run_id`` / ``request_id`` to ``extra`` and runs
-  :func:`~elaria.security.redact.redact` over the message text and all bound data;
+  :func:`~elaria.security.redact.redact` over the message text and all bound data (values that
+  are not JSON types — objects, exceptions — become their ``str`` first, so nothing hides a
+  secret from redaction; dicts, lists, tuples and scalars keep their shape);
 * a **console** sink on stderr, human-readable, colourised when stderr is a terminal (and
   ``NO_COLOR`` is unset); its output, exception tracebacks included, is redacted once more;
 * ``<log_dir>/elaria.jsonl`` (every level at or above ``settings.level``; 5 rotated files kept)
@@ -209,8 +211,12 @@ def reset_logging() -> None:
 
 def logging_stats() -> dict[str, Any]:
     """Per-file write counters (lines written, dropped, failures) for the health snapshot."""
+    files = [sink.stats() for sink in _state.files]
+    reasons = [f"cannot write {f['path']}: {f['last_error']}" for f in files if f["failing"]]
     return {
-        "files": [sink.stats() for sink in _state.files],
+        "status": "degraded" if reasons else "ok",
+        "reasons": reasons,
+        "files": files,
         "console_failures": _state.console_failures,
     }
 
@@ -310,7 +316,9 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
         return repr(value)
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
+    if isinstance(value, tuple):  # kept a tuple: other sinks may compare bound values
+        return tuple(_jsonable(v, depth + 1) for v in value)
+    if isinstance(value, list | set | frozenset):
         return [_jsonable(v, depth + 1) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")

@@ -87,8 +87,14 @@ def test_setup_again_reconfigures_without_duplicates(tmp_path: Path) -> None:
 
 def test_bound_fields_are_carried(tmp_path: Path) -> None:
     setup_logging(_settings(tmp_path, console=False))
+    seen: list[dict[str, Any]] = []
+    handler = logger.add(lambda m: seen.append(dict(m.record["extra"])), level="DEBUG")
+    logger.bind(pair=("a", 1), when=Path("x")).info("shapes")
+    logger.remove(handler)
+    assert seen[0]["pair"] == ("a", 1)  # other sinks see the bound shapes they bound
+    assert seen[0]["when"] == "x"  # objects become text, so redaction can see inside
     logger.bind(kind="breaker", host="ws://localhost:1234", old="closed", new="open").info("trip")
-    (record,) = _lines(tmp_path / LOG_NAME)
+    record = _lines(tmp_path / LOG_NAME)[-1]
     assert record["extra"] == {
         "kind": "breaker",
         "host": "ws://localhost:1234",
@@ -262,6 +268,7 @@ def test_unwritable_log_dir_reports_once_and_work_goes_on(
     assert stats[0]["lines_dropped"] == 21
     assert stats[0]["failed_writes"] == 1  # it did not hammer the disk for every record
     assert stats[0]["failing"] is True
+    assert logging_stats()["status"] == "degraded"
 
 
 # Free text can only be recognised by its format; a bare password needs its key.
