@@ -188,7 +188,9 @@ async def raw_session(
 
 
 class ServerProcess:
-    """``elaria serve`` in a child process. ``args`` are extra ``elaria serve`` flags.
+    """``elaria serve`` in a child process. ``args`` are extra ``elaria serve`` flags
+    (``--engine scripted`` unless they name an engine; the port is always given, so a restart
+    keeps it).
 
     Methods are synchronous and quick except :meth:`start`/:meth:`restart`, which block until
     the ready line (at most ``ready_timeout``); async tests call ``await asyncio.to_thread(
@@ -218,7 +220,9 @@ class ServerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> ServerProcess:
-        cmd = [sys.executable, "-m", "elaria.cli", "serve", "--port", str(self.port), *self.args]
+        engine = [] if "--engine" in self.args else ["--engine", "scripted"]
+        cmd = [sys.executable, "-m", "elaria.cli", "serve", "--port", str(self.port), *engine]
+        cmd += self.args
         self._proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1
         )

@@ -1,6 +1,8 @@
 """``elaria serve``: run the embedded LM Studio-compatible server until SIGINT/SIGTERM.
 
-Loopback by default. Prints exactly one ready line on stdout once it listens::
+Defaults come from the ``[embedded]`` settings (``elaria.toml`` / ``ELARIA_EMBEDDED__*``: host
+loopback, port 0 = a free one, engine ``llama``); flags override them. Prints exactly one ready
+line on stdout once it listens::
 
     elaria serve: ready api_host=127.0.0.1:41343 ws_url=ws://127.0.0.1:41343 engine=scripted pid=42
 
@@ -19,6 +21,7 @@ import os
 import signal
 from typing import Any
 
+from elaria.config import EmbeddedSettings, load_settings
 from elaria.embedded.engine import Engine
 from elaria.embedded.faults import Faults
 from elaria.errors import ConfigError
@@ -29,14 +32,18 @@ READY_PREFIX = "elaria serve: ready"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
-    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
+    parser.add_argument(
+        "--host", default=None, help="listen address (default: embedded.host, loopback)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="TCP port (default: embedded.port; 0 = free)"
+    )
     parser.add_argument(
         "--engine",
         choices=["scripted", "llama"],
-        default="scripted",
+        default=None,
         help="scripted: deterministic replies; llama: the real tiny model "
-        "(needs the 'embedded' extra)",
+        "(needs the 'embedded' extra); default: embedded.engine",
     )
     parser.add_argument(
         "--token",
@@ -90,7 +97,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_engine(name: str, args: argparse.Namespace | None = None) -> Engine:
+def build_engine(
+    name: str, args: argparse.Namespace | None = None, settings: EmbeddedSettings | None = None
+) -> Engine:
     """The engine named on the command line; a clear error when the extra is missing."""
     if name == "scripted":
         from elaria.embedded.scripted import ScriptedEngine
@@ -107,7 +116,7 @@ def build_engine(name: str, args: argparse.Namespace | None = None) -> Engine:
             hint="Install the 'embedded' extra: pip install 'elaria[embedded]', "
             "or use --engine scripted.",
         ) from exc
-    return LlamaCppEngine()
+    return LlamaCppEngine(settings=settings)
 
 
 def _faults(args: argparse.Namespace) -> Faults:
@@ -137,16 +146,21 @@ def _faults(args: argparse.Namespace) -> Faults:
 async def _serve(args: argparse.Namespace) -> int:
     from elaria.embedded.server import EmbeddedServer
 
-    engine = build_engine(args.engine, args)
+    settings = load_settings().embedded
+    engine_name = args.engine or settings.engine
+    engine = build_engine(engine_name, args, settings)
     preload: list[str] = (
         args.preload
         if args.preload is not None
-        else ([s.model_key for s in engine.catalogue()] if args.engine == "scripted" else [])
+        else ([s.model_key for s in engine.catalogue()] if engine_name == "scripted" else [])
     )
+    host = args.host if args.host is not None else settings.host
+    port = args.port if args.port is not None else settings.port
+    args.host, args.port = host, port  # for error messages
     server = EmbeddedServer(
         engine,
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
         tokens=args.token,
         strict=args.strict,
         queue_per_model=not args.no_queue,
