@@ -66,7 +66,7 @@ def validate_ws_url(
     if _is_canonical_loopback(host, parts.netloc):
         return url
     canonical = _canonical_remote(host, url)
-    allowed = {_idna(h, url) for h in allowed_remote_hosts}
+    allowed = {_allowlisted(h) for h in allowed_remote_hosts}
     if canonical not in allowed:
         raise refuse(
             "url.remote_not_allowed",
@@ -149,6 +149,19 @@ def _looks_numeric(host: str) -> bool:
     except OSError:
         return host.replace(".", "").isdigit()
     return True
+
+
+def _allowlisted(entry: str) -> str | None:
+    """An allowlist entry in the form hosts are compared in (IPs canonical, names IDNA)."""
+    text = entry.strip().strip("[]").lower()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    try:
+        return text.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None  # an entry that names no host matches nothing
 
 
 def _idna(host: str, url: str) -> str:

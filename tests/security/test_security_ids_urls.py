@@ -109,6 +109,10 @@ def test_remote_hosts_need_the_allowlist_and_tls() -> None:
     with pytest.raises(SecurityViolation) as info:
         validate_ws_url("wss://evil.example")
     assert info.value.rule == "url.remote_not_allowed"
+    assert validate_ws_url("wss://[fe80::1]:1234", allowed_remote_hosts=["[FE80::1]"])
+    assert validate_ws_url("wss://[fe80::1]", allowed_remote_hosts=["fe80:0:0::1"])
+    with pytest.raises(SecurityViolation):
+        validate_ws_url("wss://lm.example.com", allowed_remote_hosts=["", "..", "lm.example"])
 
 
 @pytest.mark.parametrize(
