@@ -85,6 +85,10 @@ class Failover:
             counts=_counts_against_host,
         )
 
+    def stats(self) -> dict[str, Any]:
+        """Breaker states per host and per (host, model), for the health snapshot."""
+        return {"breakers": self.breakers.stats()}
+
     def targets(self) -> list[FailoverTarget]:
         targets = self._settings.lmstudio.targets()
         if not targets:

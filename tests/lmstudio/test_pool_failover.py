@@ -78,6 +78,7 @@ async def test_primary_down_fails_over_then_traffic_returns_after_the_probe() ->
             assert moved.events[0]["error_class"] == "HostDown"
             host_breaker = failover.breakers.for_host(primary_url)
             assert host_breaker.state is BreakerState.OPEN
+            assert failover.stats()["breakers"]["hosts"][primary_url]["state"] == "open"
 
             skipped = await failover.predict(REQUEST)  # open breaker: not even tried
             assert skipped.host == secondary.ws_url
