@@ -97,11 +97,11 @@ async def test_a_frozen_server_is_detected_by_the_liveness_probe(
     engine: ScriptedEngine,
     fast_reconnect: ReconnectSettings,
 ) -> None:
-    # Liveness bound: probe every 0.2 s, 0.3 s to answer. The round's own deadline is 30 s.
+    # Liveness bound: probe every 0.2 s, 1 s to answer. The round's own deadline is 30 s.
     settings = LMStudioSettings(
         hosts=[server.ws_url],
         probe_interval_ms=200,
-        probe_timeout_ms=300,
+        probe_timeout_ms=1_000,
         connect_timeout_ms=5_000,
         first_token_timeout_ms=30_000,
     )

@@ -21,7 +21,7 @@ RECONNECT = ReconnectSettings(initial_delay_ms=100, max_delay_ms=500, stable_aft
 def settings_for(url: str) -> LMStudioSettings:
     return LMStudioSettings(
         hosts=[url],
-        connect_timeout_ms=5_000,
+        connect_timeout_ms=15_000,  # a busy CI machine starts children slowly
         probe_interval_ms=250,
         probe_timeout_ms=500,
         first_token_timeout_ms=30_000,
@@ -53,6 +53,17 @@ async def one_round(
         return await predict_round(lease, handle.identifier, REQUEST, settings, **kw)  # type: ignore[arg-type]
 
 
+async def streaming(call: asyncio.Task[RoundResult], first_fragment: asyncio.Event) -> None:
+    """Wait for the first fragment; if the call ended first, show why."""
+    waiter = asyncio.create_task(first_fragment.wait())
+    done, _ = await asyncio.wait({call, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if call in done:
+        call.result()  # raises the call's own error
+        pytest.fail("the round finished before the fault could be injected")
+    assert waiter in done, "no fragment within 30 s"
+
+
 @pytest.mark.slow
 async def test_sigkill_mid_stream_then_restart_on_the_same_port() -> None:
     # Slow tokens, so the stream is still running when the process dies.
@@ -64,7 +75,7 @@ async def test_sigkill_mid_stream_then_restart_on_the_same_port() -> None:
             call = asyncio.create_task(
                 one_round(pool, proc.ws_url, settings, on_fragment=lambda _: first_fragment.set())
             )
-            await asyncio.wait_for(first_fragment.wait(), 15)
+            await streaming(call, first_fragment)
             proc.kill()  # SIGKILL
             with pytest.raises(HostDown):
                 await asyncio.wait_for(call, 10)  # typed, transient, at once
@@ -89,7 +100,7 @@ async def test_sigstop_is_detected_within_the_liveness_bound() -> None:
             call = asyncio.create_task(
                 one_round(pool, proc.ws_url, settings, on_fragment=lambda _: first_fragment.set())
             )
-            await asyncio.wait_for(first_fragment.wait(), 15)
+            await streaming(call, first_fragment)
             proc.freeze()  # SIGSTOP
             frozen_at = time.monotonic()
             try:
