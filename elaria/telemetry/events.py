@@ -85,7 +85,9 @@ class InferenceEvent(BaseModel):
     def to_line(self) -> bytes:
         """The redacted JSON line (with its newline) this event is stored as."""
         data = redact(self.model_dump(mode="json"))
-        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+            "utf-8", "backslashreplace"
+        )
 
 
 def cost_usd(tokens_in: int, tokens_out: int, cost_per_1k_tokens: float) -> float:

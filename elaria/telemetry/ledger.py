@@ -617,7 +617,10 @@ class AuditLedger:
         return stats
 
     def _submit(self, record: dict[str, Any]) -> bool:
-        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode(
+            "utf-8",
+            "backslashreplace",  # a lone surrogate becomes a JSON escape, not an error
+        )
         accepted = self._writer.submit(line)
         if not accepted and not self._writer.running and not self._not_running_reported:
             self._not_running_reported = True

@@ -241,6 +241,15 @@ def _no_patch(record: Record) -> None:
 
 
 def _patch(record: Record) -> None:
+    try:
+        _clean_record(record)
+    except Exception as exc:  # logging must never break the caller; keep nothing unredacted
+        record["message"] = f"[record dropped: redaction failed with {type(exc).__name__}]"
+        record["extra"] = _RedactedExtra()
+        record["exception"] = None
+
+
+def _clean_record(record: Record) -> None:
     extra = record["extra"]
     for key, var in (("run_id", _run_id), ("request_id", _request_id)):
         if key not in extra:
@@ -324,7 +333,10 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
         return value.decode("utf-8", errors="replace")
     if isinstance(value, BaseException):
         return f"{type(value).__name__}: {value}"
-    return str(value)
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
 
 
 def json_line(record: Record) -> str:
@@ -358,7 +370,20 @@ def json_line(record: Record) -> str:
 
 
 def _json_format(record: Record) -> str:
-    record["extra"]["_elaria_json"] = json_line(record)
+    try:
+        line = json_line(record)
+    except Exception as exc:  # never let one odd record break the caller
+        line = (
+            json.dumps(
+                {
+                    "time": record["time"].isoformat(),
+                    "level": record["level"].name,
+                    "message": f"[unserialisable record: {type(exc).__name__}]",
+                }
+            )
+            + "\n"
+        )
+    record["extra"]["_elaria_json"] = line
     return "{extra[_elaria_json]}"
 
 
@@ -392,7 +417,9 @@ def _console_sink(message: Message) -> None:
 
 def _file_writer(sink: JsonlFile) -> Callable[[Message], None]:
     def write(message: Message) -> None:
-        sink.write(str(message).encode("utf-8"))
+        # backslashreplace: a lone surrogate (undecodable file name) becomes a valid JSON
+        # escape instead of an exception in the caller.
+        sink.write(str(message).encode("utf-8", "backslashreplace"))
 
     return write
 

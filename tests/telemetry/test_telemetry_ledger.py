@@ -307,3 +307,11 @@ async def test_a_run_that_fails_over_repairs_and_is_refused_has_it_all_in_order(
     assert b"[REDACTED]" in written
     for secret in SECRETS:
         assert secret.encode() not in written, secret
+
+
+async def test_an_undecodable_prompt_is_still_recorded(tmp_path: Path) -> None:
+    ledger = AuditLedger("logs/audit.jsonl")
+    async with ledger, ledger.request("read caf\udce9.txt") as ctx:
+        ctx.finish(answer="ok")
+    (record,) = _records(tmp_path / "logs" / "audit.jsonl")
+    assert record["prompt_preview"] == "read caf\udce9.txt"

@@ -302,3 +302,16 @@ def test_property_secret_structures_never_reach_the_files(
     assert "in message" in written
     for secret in SECRETS.values():
         assert secret not in written
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def test_odd_records_never_break_the_caller(tmp_path: Path) -> None:
+    setup_logging(_settings(tmp_path, console=False))
+    logger.bind(path="caf\udce9.txt", thing=_Unprintable()).info("file caf\udce9.txt seen")
+    record = _lines(tmp_path / LOG_NAME)[0]
+    assert record["message"] == "file caf\udce9.txt seen"  # a JSON escape, read back as written
+    assert record["extra"]["thing"] == "<unprintable _Unprintable>"
