@@ -213,3 +213,24 @@ async def test_serve_health_explains_a_busy_or_bad_port() -> None:
     code, _, err = await run_cli("serve-health", "--port", "70000")
     assert code == 2
     assert "outside 0..65535" in err
+
+
+async def test_elaria_health_in_process_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from elaria import cli
+
+    hosts = [{"host": "ws://a:1", "state": "up", "loaded_models": ["m1"]}]
+    registry = registry_with(95 * MiB, hosts)  # memory critical: unhealthy
+    registry.record_error(RuntimeError("boom"), where="test")
+    async with HealthServer(registry, LOOPBACK) as server:
+        url = f"{server.url}/health"
+        assert await asyncio.to_thread(cli.main, ["health", "--url", url]) == 1
+        out = capsys.readouterr().out
+        assert "UNHEALTHY" in out
+        assert "memory critical" in out
+        assert "95 MiB" in out  # bytes shown readably
+        assert "RuntimeError: boom" in out
+        assert await asyncio.to_thread(cli.main, ["health", "--json", "--url", url]) == 1
+        assert json.loads(capsys.readouterr().out)["status"] == "unhealthy"
+    closed = f"http://127.0.0.1:{closed_port()}/health"
+    assert await asyncio.to_thread(cli.main, ["health", "--url", closed]) == 0
+    assert "this machine" in capsys.readouterr().out
