@@ -184,7 +184,7 @@ class SafeSQLite:
 
     def _check_params(self, placeholders: tuple[str, ...], params: SqlParams) -> None:
         named = {p[1:] for p in placeholders if p[0] != "?"}
-        if named and len(named) != len(placeholders):
+        if named and any(p[0] == "?" for p in placeholders):
             raise refuse(
                 "sql.params", "do not mix ? and :name placeholders in one statement", value=params
             )
@@ -243,6 +243,8 @@ class SafeSQLite:
 
     @contextmanager
     def _trusting(self) -> Iterator[None]:
+        # Trusted statements carry string literals, so no model statement (which cannot) ever
+        # shares their text, and so their cached prepared form, with them.
         self._trusted = True
         self._deadline = time.monotonic() + self.time_budget_s
         try:
