@@ -1,25 +1,120 @@
 """A misbehaving stdio MCP server for tests: ``python -m elaria.mcp.fixture_server MODE``.
 
 Shipped in the package (like the embedded LM Studio server) so users can test their own MCP
-setups against crashes and hangs. Modes: ``serve`` (normal), ``hang`` (never answers the
-handshake), ``crash`` (exits with status 3 at once, after a line on stderr), ``spawn`` (serves,
-after starting a long-lived helper process in its process group that outlives the server, the
-way ``node`` outlives ``npx``: only killing the group ends it).
+setups against crashes and hangs. Modes:
 
-Tools: ``echo(text)``; ``block(marker)`` creates the file ``marker`` and then never returns (a
-call in flight, for kill tests); ``grow(mb)`` allocates and keeps ``mb`` MiB (for RSS caps).
+* ``serve`` — a normal server;
+* ``hang`` — never answers the handshake;
+* ``crash`` — exits with status 3 at once, after a line on stderr;
+* ``spawn`` — serves, after starting a long-lived helper process in its own process group that
+  outlives the server, the way ``node`` outlives ``npx``: only killing the group ends it.
+
+Tools: ``echo(text)``; ``block(marker)`` creates the file ``marker`` and never answers (a call
+in flight, for kill tests; other requests are still served); ``grow(mb)`` allocates and keeps
+``mb`` MiB (for RSS caps).
+
+It speaks newline-delimited JSON-RPC with the standard library only, so it starts in a few
+milliseconds and restart timings measure the supervisor, not imports.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
+PROTOCOL_VERSION = "2025-06-18"
+
 _hoard: list[bytes] = []
+
+_TOOLS: list[dict[str, Any]] = [
+    {
+        "name": "echo",
+        "description": "Return the text.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"text": {"type": "string"}},
+            "required": ["text"],
+        },
+    },
+    {
+        "name": "block",
+        "description": "Create the marker file, then never answer.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"marker": {"type": "string"}},
+            "required": ["marker"],
+        },
+    },
+    {
+        "name": "grow",
+        "description": "Keep mb MiB allocated.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"mb": {"type": "integer", "minimum": 0, "maximum": 4096}},
+            "required": ["mb"],
+        },
+    },
+]
+
+
+def _text(text: str, is_error: bool = False) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "isError": is_error}
+
+
+def _call(name: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    if name == "echo":
+        return _text(str(args.get("text", "")))
+    if name == "block":
+        Path(str(args["marker"])).write_text("started")
+        return None  # never answered
+    if name == "grow":
+        _hoard.append(b"x" * (int(args["mb"]) * 2**20))
+        return _text(f"holding {sum(len(b) for b in _hoard) // 2**20} MiB")
+    return _text(f"unknown tool {name!r}", is_error=True)
+
+
+def _answer(message: dict[str, Any]) -> dict[str, Any] | None:
+    method = message.get("method")
+    params = message.get("params") or {}
+    if method == "initialize":
+        return {
+            "protocolVersion": params.get("protocolVersion", PROTOCOL_VERSION),
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "fixture", "version": "1.0.0"},
+        }
+    if method == "ping":
+        return {}
+    if method == "tools/list":
+        return {"tools": _TOOLS}
+    if method == "tools/call":
+        return _call(str(params.get("name")), dict(params.get("arguments") or {}))
+    raise LookupError(f"method not found: {method}")
+
+
+def serve() -> None:
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        message = json.loads(line)
+        if "id" not in message or "method" not in message:
+            continue  # a notification, or a response to nothing we asked
+        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
+        try:
+            result = _answer(message)
+        except LookupError as exc:
+            reply["error"] = {"code": -32601, "message": str(exc)}
+        else:
+            if result is None:
+                continue
+            reply["result"] = result
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,40 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     if mode == "hang":
         while True:  # never reads stdin, never answers
             time.sleep(3600)
-
     if mode == "spawn":
-        import subprocess
-
         # Deliberately not waited for: it must outlive this server unless its group is killed.
         subprocess.Popen(
             [sys.executable, "-c", "import time; time.sleep(3600)"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
-
-    from mcp.server.mcpserver import MCPServer
-
-    server = MCPServer("fixture")
-
-    @server.tool()
-    def echo(text: str) -> str:
-        """Return the text."""
-        return text
-
-    @server.tool()
-    async def block(marker: str) -> str:
-        """Create the marker file, then never return."""
-        await asyncio.to_thread(Path(marker).write_text, "started")
-        await asyncio.Event().wait()
-        return "unreachable"
-
-    @server.tool()
-    def grow(mb: int) -> str:
-        """Keep mb MiB allocated."""
-        _hoard.append(b"x" * (mb * 2**20))
-        return f"holding {sum(len(b) for b in _hoard) // 2**20} MiB"
-
-    asyncio.run(server.run_stdio_async())
+    serve()
 
 
 if __name__ == "__main__":

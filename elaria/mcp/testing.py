@@ -39,7 +39,9 @@ POLL_S = 0.02
 
 def fixture_server(mode: str = "serve", **extra: Any) -> dict[str, Any]:
     """An ``mcpServers`` entry starting the fixture server in ``mode`` with this interpreter."""
-    return {"command": sys.executable, "args": ["-m", "elaria.mcp.fixture_server", mode], **extra}
+    # By path, not ``-m``: importing the elaria package would dominate the start time.
+    script = str(Path(__file__).with_name("fixture_server.py"))
+    return {"command": sys.executable, "args": [script, mode], **extra}
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

@@ -107,14 +107,14 @@ async def test_child_crashing_on_start_reports_exit_and_stderr(
 
 
 async def test_rss_over_the_cap_restarts_the_child(fast_settings: McpSettings) -> None:
-    settings = fast_settings.model_copy(update={"rss_cap_mb": 120})
+    settings = fast_settings.model_copy(update={"rss_cap_mb": 64})
     sup = _supervisor(settings)
     try:
         await sup.start()
         first = sup.pid
         await sup.call("grow", {"mb": 100})
         await wait_until(lambda: sup.restarts >= 1 and sup.state == "ready", "an RSS restart")
-        assert "over the cap of 120 MB" in (sup.last_error or "")
+        assert "over the cap of 64 MB" in (sup.last_error or "")
         assert sup.pid != first
     finally:
         await sup.aclose()
