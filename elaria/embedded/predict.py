@@ -121,7 +121,8 @@ async def _release(lock: asyncio.Lock) -> None:
 
 
 async def _acquire_unless_cancelled(lock: asyncio.Lock, cancelled: asyncio.Event) -> bool:
-    """Wait for the model's queue; ``False`` if a cancel came first (the lock is not held)."""
+    """Wait for the model's queue; ``False`` if a cancel came first (the lock is not held).
+    If this task is cancelled meanwhile, the lock is never left held."""
     if not lock.locked():
         await lock.acquire()
         return True
@@ -129,18 +130,25 @@ async def _acquire_unless_cancelled(lock: asyncio.Lock, cancelled: asyncio.Event
     cancel = asyncio.ensure_future(cancelled.wait())
     try:
         await asyncio.wait({acquire, cancel}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        _drop_acquire(lock, acquire)
+        raise
     finally:
         cancel.cancel()
-        if not acquire.done():
-            acquire.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acquire
-    if acquire.done() and not acquire.cancelled():
-        if cancelled.is_set():
+    if not acquire.done() or cancelled.is_set():
+        _drop_acquire(lock, acquire)
+        return False
+    return True
+
+
+def _drop_acquire(lock: asyncio.Lock, acquire: asyncio.Future[Any]) -> None:
+    """Give up a pending or granted acquire (Lock.acquire wakes the next waiter if the grant
+    raced with the cancellation)."""
+    if acquire.done():
+        if not acquire.cancelled() and acquire.exception() is None:
             lock.release()
-            return False
-        return True
-    return False
+    else:
+        acquire.cancel()
 
 
 async def _run_engine(
@@ -175,7 +183,10 @@ async def _run_engine(
             await consume
     finally:
         cancel.cancel()
-        consume.cancel()
+        if not consume.done():
+            # the socket died: stop the engine and let it unwind before closing its iterator
+            consume.cancel()
+            await asyncio.gather(consume, return_exceptions=True)
         await _close(events)
 
 

@@ -333,3 +333,26 @@ async def test_abandoned_stream_keeps_generating_and_blocks_the_queue(
         gate.set()
         assert (await follow_up).content == "next"
     assert engine.log == [("start", 1), ("done", 1), ("start", 2), ("done", 2)]
+
+
+async def test_cancel_while_queued_never_reaches_the_engine(
+    srv: EmbeddedServer, client: lmstudio.AsyncClient
+) -> None:
+    gate = asyncio.Event()
+    engine = engine_of(srv)
+    engine.script(reply("busy", gate=gate))
+    async with asyncio.timeout(WAIT):
+        model = await client.llm.model(DEFAULT_LLM_KEY)
+        busy = asyncio.create_task(model.respond("1"))
+        await engine.wait_for_requests(1)
+        queued = await model.respond_stream("2")
+        async with queued:  # opens the channel; it waits behind the busy prediction
+            await queued.cancel()
+            async for _fragment in queued:
+                pass
+        stopped = queued.result()
+        gate.set()
+        assert (await busy).content == "busy"
+    assert stopped.stats.stop_reason == "userStopped"
+    assert stopped.content == ""
+    assert len(engine.requests) == 1
