@@ -276,7 +276,7 @@ class FileTools:
         """
         real = self.guard.resolve(path)
         try:
-            st = os.stat(real)
+            st = self.guard.stat(path)
         except OSError as exc:
             raise os_error("file_info", path, exc) from exc
         info: dict[str, Any] = {

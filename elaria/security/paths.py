@@ -240,6 +240,17 @@ class PathGuard:
         finally:
             os.close(fd)
 
+    def stat(self, path: str | os.PathLike[str]) -> os.stat_result:
+        """``os.stat`` of what ``path`` names inside a root, without following a swapped symlink."""
+        real = os.fspath(self.resolve(path))
+        if real in self._identities:
+            return os.stat(real)  # a root: its identity is checked on every open
+        with self.parent_fd(real) as (dir_fd, leaf):
+            st = os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            raise self._race(os.fspath(path))
+        return st
+
     def open_dir_fd(self, path: str | os.PathLike[str]) -> int:
         """A descriptor of the directory ``path`` names, reached without following symlinks.
 

@@ -182,3 +182,17 @@ def test_open_dir_fd_does_not_follow_a_swapped_directory(workspace: Path, outsid
     with pytest.raises(SecurityViolation) as info:
         guard.open_dir_fd("sub")
     assert info.value.rule == "path.race"
+
+
+def test_stat_inside_and_after_a_swap(workspace: Path, outside: Path) -> None:
+    guard = PathGuard([workspace])
+    assert guard.stat("notes.md").st_size == len("hello")
+    assert guard.stat(".").st_ino == workspace.stat().st_ino
+
+    def swap() -> None:
+        (workspace / "notes.md").unlink()
+        (workspace / "notes.md").symlink_to(outside / "notes.md")
+
+    with pytest.raises(SecurityViolation) as info:
+        SwappingGuard(workspace, swap).stat("notes.md")
+    assert info.value.rule == "path.race"
