@@ -46,121 +46,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import random
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 import lmstudio
 from cachetools import TTLCache
 from loguru import logger
 
 from elaria.config import LMStudioSettings, ReconnectSettings, SecuritySettings, Settings
-from elaria.errors import (
-    BackendError,
-    ConfigError,
-    ElariaError,
-    ElariaTimeoutError,
-    HostDown,
-    SecurityViolation,
+from elaria.errors import BackendError, ElariaError, ElariaTimeoutError, HostDown
+from elaria.lmstudio.connection import (
+    CLOSE_TIMEOUT_S,
+    Connection,
+    HostState,
+    Lease,
+    api_host_of,
+    check_host,
+    close_client_quietly,
+    is_refusal,
 )
 from elaria.resilience.backoff import ReconnectBackoff
 from elaria.resilience.classify import FailureClass, classify, to_backend_error
 from elaria.resilience.retry import with_timeout
-from elaria.security.urls import validate_ws_url
 
+# HostState, Lease, api_host_of and check_host live in ``connection``; re-exported here.
 __all__ = ["ClientPool", "HostState", "Lease", "api_host_of", "check_host"]
 
-T = TypeVar("T")
-
-#: Closing a client on a dead server returns at once; this only bounds a sick one.
-CLOSE_TIMEOUT_S = 5.0
 #: Model handles kept per host: a few models per host is the norm, a bound is still needed.
 HANDLE_CACHE_SIZE = 64
 #: A refused connect costs a server nothing, so a host that is off is polled at least this often
 #: (an LM Studio restart is noticed within seconds); anything that got further (accepted, then
 #: dropped or stalled) follows the full exponential backoff.
 REFUSED_RETRY_CAP_S = 2.0
-#: A cancel message is one small frame; do not let a sick socket hold the caller longer.
-CANCEL_SEND_TIMEOUT_S = 1.0
-
-
-class HostState(enum.StrEnum):
-    IDLE = "idle"  # no client and nobody asking
-    CONNECTING = "connecting"  # first connection attempt under way
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"  # lost a client; the next attempt is under way or due
-    DOWN = "down"  # the last attempt failed; waiting for the backoff delay
-    CLOSED = "closed"
-
-
-def check_host(
-    url: str, settings: LMStudioSettings, security: SecuritySettings | None = None
-) -> str:
-    """Refuse a host Elaria may not connect to (:func:`~elaria.security.urls.validate_ws_url`:
-    loopback, or listed in ``security.allowed_remote_hosts``, plaintext remote only with
-    ``lmstudio.allow_plaintext_remote``); return the SDK's ``host:port`` for it."""
-    try:
-        validate_ws_url(
-            url,
-            allowed_remote_hosts=(security or SecuritySettings()).allowed_remote_hosts,
-            allow_plaintext_remote=settings.allow_plaintext_remote,
-        )
-    except SecurityViolation as exc:
-        # A refused host is a settings problem the operator fixes in lmstudio.hosts.
-        raise ConfigError(exc.message, where="lmstudio.hosts") from exc
-    return api_host_of(url)
-
-
-def api_host_of(url: str) -> str:
-    """``ws://host:port`` (as in settings) -> ``host:port`` (what the SDK wants)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "wss":
-        raise ConfigError(
-            f"{url}: lmstudio 1.5 cannot speak TLS (wss://)",
-            where="lmstudio.hosts",
-            hint="Use ws:// through an SSH tunnel or a TLS-terminating proxy next to LM Studio.",
-        )
-    if parts.scheme != "ws" or not parts.hostname or parts.path not in ("", "/"):
-        raise ConfigError(
-            f"{url!r} is not a ws://host:port URL",
-            where="lmstudio.hosts",
-            hint="Write it like ws://localhost:1234 (no path).",
-        )
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None:
-        raise ConfigError(
-            f"{url!r} has no valid port",
-            where="lmstudio.hosts",
-            hint="LM Studio's server listens on 1234 by default: ws://localhost:1234.",
-        )
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{host}:{port}"
-
-
-class _Connection:
-    """One live client. ``lost`` is set the moment it is evicted."""
-
-    def __init__(
-        self,
-        client: lmstudio.AsyncClient,
-        generation: int,
-        owner: asyncio.Task[None],
-        stop: asyncio.Event,
-    ) -> None:
-        self.client = client
-        self.generation = generation
-        self.owner = owner
-        self.stop = stop
-        self.lost = asyncio.Event()
 
 
 @dataclass(eq=False)
@@ -170,9 +91,9 @@ class _Host:
     backoff: ReconnectBackoff
     handles: TTLCache[str, Any]
     state: HostState = HostState.IDLE
-    conn: _Connection | None = None
+    conn: Connection | None = None
     supervisor: asyncio.Task[None] | None = None
-    next_attempt: asyncio.Future[_Connection] | None = None
+    next_attempt: asyncio.Future[Connection] | None = None
     next_attempt_at: float = 0.0
     failures_in_a_row: int = 0
     stopping: bool = False
@@ -186,56 +107,6 @@ class _Host:
     last_error: str | None = None
     last_error_at: str | None = None
     resolving: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
-
-
-class Lease:
-    """A borrowed connection to one host. Use it only inside ``async with pool.lease(host)``."""
-
-    def __init__(self, host: str, conn: _Connection) -> None:
-        self.host = host
-        self._conn = conn
-
-    @property
-    def client(self) -> lmstudio.AsyncClient:
-        return self._conn.client
-
-    @property
-    def generation(self) -> int:
-        """Which client of this host (increases on every reconnect)."""
-        return self._conn.generation
-
-    @property
-    def lost(self) -> bool:
-        return self._conn.lost.is_set()
-
-    async def run(self, awaitable: Awaitable[T], timeout: float, operation: str) -> T:
-        """Await ``awaitable`` with a deadline, failing with ``HostDown`` if the client is evicted
-        meanwhile (a frozen server would otherwise hold the caller until the SDK's ~40 s ping
-        timeout). On deadline: :class:`~elaria.errors.ElariaTimeoutError`. The abandoned await is
-        cancelled before this returns."""
-        step = asyncio.ensure_future(awaitable)
-        if self._conn.lost.is_set():
-            step.cancel()
-            await asyncio.wait({step})
-            raise HostDown("the connection was replaced", host=self.host)
-        lost = asyncio.ensure_future(self._conn.lost.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {step, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            lost.cancel()
-            if not step.done():
-                step.cancel()
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait({step})
-            if step.done() and not step.cancelled():
-                step.exception()  # retrieved: the result is read below or the error dropped
-        if step in done:
-            return step.result()
-        if lost in done:
-            raise HostDown(f"connection lost during {operation}", host=self.host)
-        raise ElariaTimeoutError(operation, timeout, where=self.host)
 
 
 class ClientPool:
@@ -434,7 +305,7 @@ class ClientPool:
             h.next_attempt = asyncio.get_running_loop().create_future()
             h.supervisor = asyncio.create_task(self._supervise(h), name=f"elaria-pool {h.url}")
 
-    def _observe_error(self, h: _Host, conn: _Connection, exc: BaseException) -> None:
+    def _observe_error(self, h: _Host, conn: Connection, exc: BaseException) -> None:
         if isinstance(exc, asyncio.CancelledError):
             return
         kind = classify(exc)
@@ -444,7 +315,7 @@ class ClientPool:
         elif kind is FailureClass.TRANSIENT:
             h.wake.set()  # probe now instead of at the next interval
 
-    def _evict(self, h: _Host, conn: _Connection, reason: str) -> None:
+    def _evict(self, h: _Host, conn: Connection, reason: str) -> None:
         if conn.lost.is_set():
             return
         conn.lost.set()
@@ -475,7 +346,7 @@ class ClientPool:
 
     # ------------------------------------------------------------------ I/O
 
-    async def _connection(self, h: _Host) -> _Connection:
+    async def _connection(self, h: _Host) -> Connection:
         h.last_used = self._clock()
         if h.conn is not None and not h.conn.lost.is_set():
             return h.conn
@@ -556,7 +427,7 @@ class ClientPool:
             error = to_backend_error(exc, host=h.url)
             self._note_error(h, error)
             delay = h.backoff.next_delay()
-            if _refused(exc):
+            if is_refusal(exc):
                 delay = min(delay, REFUSED_RETRY_CAP_S)
             h.next_attempt_at = self._clock() + delay
             h.state = HostState.DOWN
@@ -580,7 +451,7 @@ class ClientPool:
         self._emit("connected", h)
         return True
 
-    async def _open(self, h: _Host) -> _Connection:
+    async def _open(self, h: _Host) -> Connection:
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[lmstudio.AsyncClient] = loop.create_future()
         stop = asyncio.Event()
@@ -602,7 +473,7 @@ class ClientPool:
             await asyncio.wait({owner})
             raise
         h.generation += 1
-        return _Connection(client, h.generation, owner, stop)
+        return Connection(client, h.generation, owner, stop)
 
     async def _own_client(
         self, api_host: str, opened: asyncio.Future[lmstudio.AsyncClient], stop: asyncio.Event
@@ -612,7 +483,7 @@ class ClientPool:
         try:
             await client.__aenter__()
         except BaseException as exc:
-            await _close_quietly(client)
+            await close_client_quietly(client)
             if not opened.done():
                 if isinstance(exc, asyncio.CancelledError):
                     opened.cancel()
@@ -625,7 +496,7 @@ class ClientPool:
         try:
             await stop.wait()
         finally:
-            await _close_quietly(client)
+            await close_client_quietly(client)
 
     async def _watch(self, h: _Host) -> None:
         """Probe on a schedule (and at once when woken) until the client dies or we stop."""
@@ -660,16 +531,3 @@ class ClientPool:
         while True:
             await asyncio.sleep(self.settings.cleanup_interval_s)
             await self.close_idle()
-
-
-def _refused(exc: BaseException) -> bool:
-    """Nothing accepted the connection (or the greeting): the host is simply not there."""
-    if isinstance(exc, ConnectionRefusedError | httpx.ConnectError):
-        return True
-    return isinstance(exc, lmstudio.LMStudioClientError) and "not reachable" in str(exc)
-
-
-async def _close_quietly(client: lmstudio.AsyncClient) -> None:
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(CLOSE_TIMEOUT_S):
-            await client.aclose()

@@ -38,7 +38,7 @@ from loguru import logger
 
 from elaria.config import LMStudioSettings
 from elaria.errors import ElariaTimeoutError, HostDown
-from elaria.lmstudio.pool import CANCEL_SEND_TIMEOUT_S, Lease
+from elaria.lmstudio.connection import CANCEL_SEND_TIMEOUT_S, Lease
 from elaria.lmstudio.rounds import (
     FragmentCallback,
     MalformedCall,

@@ -1,0 +1,182 @@
+"""One ``lmstudio.AsyncClient`` and the leases that borrow it: the pool's building blocks.
+
+* :func:`check_host` / :func:`api_host_of`: a settings URL (``ws://host:port``) is checked
+  (:func:`~elaria.security.urls.validate_ws_url`) and turned into the SDK's ``host:port``.
+* :class:`Connection`: one live client; ``lost`` is set the moment the pool evicts it.
+* :class:`Lease`: what a caller holds inside ``async with pool.lease(host)``;
+  :meth:`Lease.run` bounds one await and aborts it when the client is evicted.
+
+Loop-confined (one event loop); nothing here starts a task of its own except the step task of
+:meth:`Lease.run`, which never outlives the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import urllib.parse
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import httpx
+import lmstudio
+
+from elaria.config import LMStudioSettings, SecuritySettings
+from elaria.errors import ConfigError, ElariaTimeoutError, HostDown, SecurityViolation
+from elaria.security.urls import validate_ws_url
+
+__all__ = [
+    "CANCEL_SEND_TIMEOUT_S",
+    "CLOSE_TIMEOUT_S",
+    "Connection",
+    "HostState",
+    "Lease",
+    "api_host_of",
+    "check_host",
+    "close_client_quietly",
+    "is_refusal",
+]
+
+T = TypeVar("T")
+
+#: Closing a client on a dead server returns at once; this only bounds a sick one.
+CLOSE_TIMEOUT_S = 5.0
+#: A cancel message is one small frame; do not let a sick socket hold the caller longer.
+CANCEL_SEND_TIMEOUT_S = 1.0
+
+
+class HostState(enum.StrEnum):
+    IDLE = "idle"  # no client and nobody asking
+    CONNECTING = "connecting"  # first connection attempt under way
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"  # lost a client; the next attempt is under way or due
+    DOWN = "down"  # the last attempt failed; waiting for the backoff delay
+    CLOSED = "closed"
+
+
+def check_host(
+    url: str, settings: LMStudioSettings, security: SecuritySettings | None = None
+) -> str:
+    """Refuse a host Elaria may not connect to (:func:`~elaria.security.urls.validate_ws_url`:
+    loopback, or listed in ``security.allowed_remote_hosts``, plaintext remote only with
+    ``lmstudio.allow_plaintext_remote``); return the SDK's ``host:port`` for it."""
+    try:
+        validate_ws_url(
+            url,
+            allowed_remote_hosts=(security or SecuritySettings()).allowed_remote_hosts,
+            allow_plaintext_remote=settings.allow_plaintext_remote,
+        )
+    except SecurityViolation as exc:
+        # A refused host is a settings problem the operator fixes in lmstudio.hosts.
+        raise ConfigError(exc.message, where="lmstudio.hosts") from exc
+    return api_host_of(url)
+
+
+def api_host_of(url: str) -> str:
+    """``ws://host:port`` (as in settings) -> ``host:port`` (what the SDK wants)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "wss":
+        raise ConfigError(
+            f"{url}: lmstudio 1.5 cannot speak TLS (wss://)",
+            where="lmstudio.hosts",
+            hint="Use ws:// through an SSH tunnel or a TLS-terminating proxy next to LM Studio.",
+        )
+    if parts.scheme != "ws" or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(
+            f"{url!r} is not a ws://host:port URL",
+            where="lmstudio.hosts",
+            hint="Write it like ws://localhost:1234 (no path).",
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise ConfigError(
+            f"{url!r} has no valid port",
+            where="lmstudio.hosts",
+            hint="LM Studio's server listens on 1234 by default: ws://localhost:1234.",
+        )
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}"
+
+
+class Connection:
+    """One live client. ``lost`` is set the moment it is evicted."""
+
+    def __init__(
+        self,
+        client: lmstudio.AsyncClient,
+        generation: int,
+        owner: asyncio.Task[None],
+        stop: asyncio.Event,
+    ) -> None:
+        self.client = client
+        self.generation = generation
+        self.owner = owner
+        self.stop = stop
+        self.lost = asyncio.Event()
+
+
+class Lease:
+    """A borrowed connection to one host. Use it only inside ``async with pool.lease(host)``."""
+
+    def __init__(self, host: str, conn: Connection) -> None:
+        self.host = host
+        self._conn = conn
+
+    @property
+    def client(self) -> lmstudio.AsyncClient:
+        return self._conn.client
+
+    @property
+    def generation(self) -> int:
+        """Which client of this host (increases on every reconnect)."""
+        return self._conn.generation
+
+    @property
+    def lost(self) -> bool:
+        return self._conn.lost.is_set()
+
+    async def run(self, awaitable: Awaitable[T], timeout: float, operation: str) -> T:
+        """Await ``awaitable`` with a deadline, failing with ``HostDown`` if the client is evicted
+        meanwhile (a frozen server would otherwise hold the caller until the SDK's ~40 s ping
+        timeout). On deadline: :class:`~elaria.errors.ElariaTimeoutError`. The abandoned await is
+        cancelled before this returns."""
+        step = asyncio.ensure_future(awaitable)
+        if self._conn.lost.is_set():
+            step.cancel()
+            await asyncio.wait({step})
+            raise HostDown("the connection was replaced", host=self.host)
+        lost = asyncio.ensure_future(self._conn.lost.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {step, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            lost.cancel()
+            if not step.done():
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait({step})
+            if step.done() and not step.cancelled():
+                step.exception()  # retrieved: the result is read below or the error dropped
+        if step in done:
+            return step.result()
+        if lost in done:
+            raise HostDown(f"connection lost during {operation}", host=self.host)
+        raise ElariaTimeoutError(operation, timeout, where=self.host)
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Nothing accepted the connection (or the greeting): the host is simply not there."""
+    if isinstance(exc, ConnectionRefusedError | httpx.ConnectError):
+        return True
+    return isinstance(exc, lmstudio.LMStudioClientError) and "not reachable" in str(exc)
+
+
+async def close_client_quietly(client: lmstudio.AsyncClient) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await client.aclose()
