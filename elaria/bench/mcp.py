@@ -7,6 +7,8 @@ the same run, because absolute rates drift on a shared machine:
 * ``bridge_calls_per_s`` — the same calls through :class:`~elaria.mcp.client.McpBridge` (schema
   check, firewall, supervisor, result rendering, audit hook);
 * ``bridge_overhead_ratio`` — direct rate / bridge rate (1.0 = free; 1.2 = 20 % slower);
+* ``handler_calls_per_s`` / ``handler_overhead_ratio`` — the same without ``Tool.validate``
+  (the JSON-schema check), i.e. the bridge's own cost: firewall, supervisor, rendering;
 * ``crash_to_next_call_s`` — SIGKILL the child, then call every few ms until one succeeds: the
   supervisor's detection, backoff, respawn and handshake, as a caller sees it.
 
@@ -46,6 +48,7 @@ async def run(quick: bool) -> dict[str, Any]:
     config = parse_mcp_config({"mcpServers": {"bench": entry}}, {})
     direct_rates: list[float] = []
     bridge_rates: list[float] = []
+    handler_rates: list[float] = []
     async with (
         Client(params, mode="legacy", cache=None) as client,
         McpBridge(config, McpSettings()) as bridge,
@@ -58,13 +61,18 @@ async def run(quick: bool) -> dict[str, Any]:
         async def bridged() -> None:
             await echo.invoke({"text": "ping"})
 
+        async def handler_only() -> None:
+            await echo.handler({"text": "ping"})
+
         for _ in range(rounds):
             direct_rates.append(await _rate(direct, calls))
             bridge_rates.append(await _rate(bridged, calls))
+            handler_rates.append(await _rate(handler_only, calls))
 
         recoveries = [await _recovery(bridge, bridged) for _ in range(crashes)]
     direct_rate = statistics.median(direct_rates)
     bridge_rate = statistics.median(bridge_rates)
+    handler_rate = statistics.median(handler_rates)
     return {
         "benchmark": "mcp",
         "server": "elaria.mcp.fixture_server (python, stdio)",
@@ -73,6 +81,8 @@ async def run(quick: bool) -> dict[str, Any]:
         "direct_calls_per_s": round(direct_rate, 1),
         "bridge_calls_per_s": round(bridge_rate, 1),
         "bridge_overhead_ratio": round(direct_rate / bridge_rate, 3),
+        "handler_calls_per_s": round(handler_rate, 1),
+        "handler_overhead_ratio": round(direct_rate / handler_rate, 3),
         "crash_to_next_call_s": round(statistics.median(recoveries), 3),
         "crash_to_next_call_all_s": [round(r, 3) for r in recoveries],
         "python": sys.version.split()[0],
