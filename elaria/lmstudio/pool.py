@@ -58,7 +58,7 @@ from cachetools import TTLCache
 from loguru import logger
 
 from elaria.config import LMStudioSettings, ReconnectSettings, SecuritySettings, Settings
-from elaria.errors import BackendError, ElariaError, ElariaTimeoutError, HostDown
+from elaria.errors import BackendError, ElariaTimeoutError, HostDown
 from elaria.lmstudio.connection import (
     CLOSE_TIMEOUT_S,
     Connection,
@@ -70,7 +70,7 @@ from elaria.lmstudio.connection import (
     is_refusal,
 )
 from elaria.resilience.backoff import ReconnectBackoff
-from elaria.resilience.classify import FailureClass, classify, to_backend_error
+from elaria.resilience.classify import FailureClass, classify, from_backend, to_backend_error
 from elaria.resilience.retry import with_timeout
 
 # HostState, Lease, api_host_of and check_host live in ``connection``; re-exported here.
@@ -166,8 +166,8 @@ class ClientPool:
             yield Lease(host, conn)
         except Exception as exc:
             self._observe_error(h, conn, exc)
-            if isinstance(exc, ElariaError) or classify(exc) is FailureClass.TOOL_CALL_MALFORMED:
-                raise
+            if not from_backend(exc) or classify(exc) is FailureClass.TOOL_CALL_MALFORMED:
+                raise  # ours already, or the caller's own bug: never disguised as a backend error
             raise to_backend_error(exc, host=host) from exc
         finally:
             h.in_flight -= 1

@@ -55,6 +55,7 @@ __all__ = [
     "FailureClass",
     "classify",
     "display_code",
+    "from_backend",
     "to_backend_error",
 ]
 
@@ -118,6 +119,16 @@ def display_code(exc: BaseException) -> str | None:
 
 def _text(exc: BaseException) -> str:
     return str(exc).lower()
+
+
+def from_backend(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the network stack (SDK, msgspec, httpx, sockets) rather than
+    from the caller's own code: only those are converted by :func:`to_backend_error`."""
+    if isinstance(exc, lmstudio.LMStudioError | msgspec.ValidationError | httpx.HTTPError):
+        return True
+    if isinstance(exc, OSError | json.JSONDecodeError):
+        return True
+    return isinstance(exc, ValueError) and "dictionary update sequence" in str(exc)
 
 
 def classify(exc: BaseException) -> FailureClass:

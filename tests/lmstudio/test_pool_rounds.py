@@ -225,3 +225,13 @@ def test_package_surface() -> None:
     assert package.Failover is Failover
     with pytest.raises(AttributeError):
         _ = package.nothing_here
+
+
+async def test_a_callers_own_bug_is_not_disguised_as_a_backend_error(
+    server: EmbeddedServer, lms_settings: LMStudioSettings
+) -> None:
+    async with ClientPool(lms_settings) as pool:
+        with pytest.raises(KeyError):
+            async with pool.lease(server.ws_url):
+                raise KeyError("a bug in the caller")
+        assert pool.stats()[server.ws_url]["state"] == "connected"  # and no eviction

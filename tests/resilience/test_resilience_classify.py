@@ -22,7 +22,7 @@ from elaria.errors import (
     TransientBackendError,
 )
 from elaria.resilience import ACTIONS, FailureClass, classify, to_backend_error
-from elaria.resilience.classify import display_code
+from elaria.resilience.classify import display_code, from_backend
 
 F = FailureClass
 
@@ -148,3 +148,14 @@ def test_conversion_keeps_the_class_of_backend_failures(
     if expected in (F.TOOL_CALL_MALFORMED, F.FATAL):
         return  # not backend failures with a class of their own
     assert classify(to_backend_error(exc)) is expected
+
+
+def test_only_network_stack_errors_count_as_from_the_backend() -> None:
+    assert from_backend(lmstudio.LMStudioWebsocketError("x"))
+    assert from_backend(msgspec.ValidationError("x"))
+    assert from_backend(httpx.ReadTimeout("x"))
+    assert from_backend(ConnectionResetError())
+    assert from_backend(ValueError("dictionary update sequence element #0 has length 1"))
+    assert not from_backend(KeyError("a bug"))
+    assert not from_backend(ValueError("a bug"))
+    assert not from_backend(HostDown("ours already"))
