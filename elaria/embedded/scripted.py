@@ -28,6 +28,9 @@ Every :class:`Turn` also takes ``stop_reason``, ``tokens_per_second``, ``first_t
 and a ``gate`` (an ``asyncio.Event`` awaited after ``gate_after`` fragments) to hold a stream
 open until the test releases it.
 
+**Limits.** A turn longer than the request's ``maxTokens`` (one word = one token) is cut
+there and ends with ``maxPredictedTokensReached`` (its tool calls are dropped).
+
 **Timing.** ``tokens_per_second`` (``None``: as fast as the loop allows) and
 ``first_token_latency`` (seconds) apply to every turn unless the turn overrides them.
 
@@ -369,8 +372,13 @@ class ScriptedEngine:
         )
         if latency > 0:
             await asyncio.sleep(latency)
+        fragments = self._fragments(turn)
+        stop_reason, truncated = turn.stop_reason, False
+        if request.max_tokens is not None and len(fragments) > request.max_tokens:
+            fragments = fragments[: request.max_tokens]
+            stop_reason, truncated = "maxPredictedTokensReached", True
         sent = 0
-        for fragment in self._fragments(turn):
+        for fragment in fragments:
             if turn.gate is not None and sent == turn.gate_after:
                 await turn.gate.wait()
             if sent and tps:
@@ -381,11 +389,12 @@ class ScriptedEngine:
             sent += 1
         if turn.gate is not None and sent <= turn.gate_after:
             await turn.gate.wait()
-        for call in turn.calls:
-            yield call if call.id is not None else replace(call, id=self._new_tool_id())
-        if turn.malformed is not None:
-            yield turn.malformed
-        yield Done(turn.stop_reason, prompt_tokens=self._prompt_tokens(request))
+        if not truncated:  # a model cut off by maxTokens never finishes its tool call
+            for call in turn.calls:
+                yield call if call.id is not None else replace(call, id=self._new_tool_id())
+            if turn.malformed is not None:
+                yield turn.malformed
+        yield Done(stop_reason, prompt_tokens=self._prompt_tokens(request))
 
     def _fragments(self, turn: Turn) -> list[Fragment]:
         out: list[Fragment] = []

@@ -264,7 +264,8 @@ class EmbeddedServer:
     # ------------------------------------------------------------------ WebSocket
 
     async def _handle(self, ws: ServerConnection) -> None:
-        conn = Connection(ws, ws.request.path.strip("/") if ws.request else "", self.faults)
+        path = ws.request.path.split("?", 1)[0] if ws.request else ""
+        conn = Connection(ws, path.strip("/"), self.faults)
         self._connections.add(conn)
         if self.faults.frozen:
             conn.pause_reading()

@@ -207,3 +207,14 @@ async def test_abandoned_channels_stop_when_the_socket_dies() -> None:
             )
             await engine.wait_for_requests(1)
         await engine.wait_for_log(("stopped", 1))
+
+
+async def test_max_tokens_cuts_the_turn() -> None:
+    engine = ScriptedEngine()
+    engine.script(tool_call("f", {}, text="one two three four"))
+    req = request()
+    capped = PredictRequest(req.model_key, req.identifier, req.messages, max_tokens=2)
+    events = await collect(engine, capped)
+    assert [e.text for e in events if isinstance(e, Fragment)] == ["one", " two"]
+    assert events[-1] == Done("maxPredictedTokensReached", events[-1].prompt_tokens)  # type: ignore[union-attr]
+    assert not any(isinstance(e, ToolCall) for e in events)
