@@ -29,9 +29,12 @@ in one llama.cpp call and is not interruptible (a few hundred ms for the prompts
   repeats, with the same arguments, a call already in the history would make ``act()`` loop
   forever, so the engine discards it and generates an answer instead (logged).
   Without ``max_tokens`` a tool round is capped at ``tool_round_max_tokens``.
-* *Structured output* (``{"type": "json", "jsonSchema": ...}``): generated under that schema's
-  grammar and streamed as raw JSON text. GBNF grammars from clients are refused with an
-  :class:`EngineError` (a malformed one would crash llama.cpp).
+* *Structured output*: ``{"type": "json", "jsonSchema": ...}`` is generated under that schema's
+  grammar, ``{"type": "gbnf", "gbnfGrammar": ...}`` under that grammar; either is streamed as raw
+  text. A grammar llama.cpp cannot parse ends the round with an :class:`EngineError`.
+
+Grammars are applied the cheap way (:mod:`~elaria.embedded.llama_sampling`): the grammar is
+consulted for the sampled token first and for the whole vocabulary only when it refuses it.
 
 Temperature 0 (the default here: a 270M base model does best greedy) is deterministic.
 
@@ -76,11 +79,13 @@ from elaria.embedded.llama_prompt import (
     Segment,
     answer_only_schema,
     call_json,
+    inline_refs,
     offered_tools,
     previous_calls,
     render_prompt,
     tool_choice_schema,
 )
+from elaria.embedded.llama_sampling import GrammarError, Sampler
 from elaria.errors import ModelNotFoundError
 
 __all__ = ["MODEL_KEY", "LlamaCppEngine", "default_model_path", "model_spec"]
@@ -123,6 +128,7 @@ class _Job:
     prompt_tokens: int = 0
     pending_tokens: int = 0  # generated but not yet reported in a fragment
     produced: int = 0
+    grammar_rejections: int = 0
     stop_reason: str = "none"
 
 
@@ -191,6 +197,7 @@ class LlamaCppEngine:
         #: (stop reason, generated tokens) of recent rounds, newest last; appended by the worker.
         self._rounds: deque[tuple[str, int]] = deque(maxlen=RECENT_ROUNDS)
         self._predictions = 0
+        self._grammar_rejections = 0
 
     def __repr__(self) -> str:
         state = f"loaded n_ctx={self._loaded_ctx}" if self._llm is not None else "unloaded"
@@ -205,6 +212,7 @@ class LlamaCppEngine:
             "predictions": self._predictions,
             "active": len(self._active),
             "recent_rounds": list(self._rounds),
+            "grammar_rejections": self._grammar_rejections,
         }
 
     # ------------------------------------------------------------------ model state
@@ -374,25 +382,21 @@ class LlamaCppEngine:
                 job.post(EngineError(f"{MODEL_KEY} is not loaded", code=_UNLOADED))
                 return
             self._run_round(job)
+        except GrammarError as exc:
+            job.post(EngineError(f"{exc}: check the structured-output grammar"))
         except Exception as exc:  # a llama.cpp failure ends this prediction, not the server
             logger.exception("llama engine prediction failed")
             job.post(EngineError(f"llama.cpp failed: {exc}"))
         finally:
             self._rounds.append((job.stop_reason, job.produced))
+            self._grammar_rejections += job.grammar_rejections
             job.post(_END)
 
     def _run_round(self, job: _Job) -> None:
         request = job.request
         tools = offered_tools(request.tools)
         structured = request.structured or {}
-        if structured.get("type") == "gbnf":
-            job.post(
-                EngineError(
-                    "GBNF grammars are not supported by the llama engine",
-                    data={"hint": "send a JSON schema instead"},
-                )
-            )
-            return
+        gbnf = structured.get("gbnfGrammar") if structured.get("type") == "gbnf" else None
         prompt = self._prompt_tokens(render_prompt(request.messages, tools))
         job.prompt_tokens = len(prompt)
         room = self._loaded_ctx - len(prompt)
@@ -409,7 +413,14 @@ class LlamaCppEngine:
             self._tool_round(job, prompt, tools, room)
         elif structured.get("type") == "json":
             schema = structured.get("jsonSchema") or {"type": "object"}
-            self._text_round(job, prompt, room, grammar=self._grammar_text(schema))
+            try:
+                grammar = self._grammar_text(inline_refs(schema))
+            except Exception as exc:  # the converter raises bare exceptions of several kinds
+                job.post(EngineError(f"The structured-output JSON schema has no grammar: {exc}"))
+                return
+            self._text_round(job, prompt, room, grammar=grammar)
+        elif isinstance(gbnf, str):
+            self._text_round(job, prompt, room, grammar=gbnf)
         else:
             self._text_round(job, prompt, room, grammar=None)
 
@@ -486,7 +497,7 @@ class LlamaCppEngine:
         fallbacks: dict[str, Mapping[str, Any]] = {}
         for tool in tools:
             try:
-                self._grammar_text(dict(tool.parameters))
+                self._grammar_text(inline_refs(tool.parameters))
             except Exception as exc:  # the converter raises bare exceptions of several kinds
                 logger.warning(
                     "llama engine: tool {} gets a generic argument grammar: {}", tool.name, exc
@@ -511,51 +522,45 @@ class LlamaCppEngine:
     ) -> str:
         """Samples until a stop; ``sink(text)`` gets each decoded piece and returns ``True`` to
         stop (a stop string). Returns the stop reason."""
-        llama_cpp = _import_llama_cpp()
-        llm = self._llm
         temperature = job.request.temperature
         temp = self.default_temperature if temperature is None else max(0.0, temperature)
-        grammar = (
-            llama_cpp.LlamaGrammar.from_string(grammar_text, verbose=False)
-            if grammar_text
-            else None
-        )
+        if job.cancel.is_set():
+            job.stop_reason = "userStopped"
+            return job.stop_reason
         # Always a full prompt evaluation: reusing a cached prefix evaluates the last tokens in a
         # different batch shape, which shifts logits enough to break temperature-0 determinism.
-        llm.reset()
-        job.stop_reason = self._sample(
-            job,
-            llm.generate(prompt, temp=temp, grammar=grammar, repeat_penalty=1.0),
-            limit,
-            limit_reason,
-            sink,
+        self._llm.reset()
+        self._llm.eval(prompt)
+        sampler = Sampler(
+            self._llm, temperature=temp, grammar=grammar_text, seed=secrets.randbits(32)
         )
+        try:
+            job.stop_reason = self._sample(job, sampler, limit, limit_reason, sink)
+        finally:
+            job.grammar_rejections += sampler.rejections
+            sampler.close()
         return job.stop_reason
 
     def _sample(
         self,
         job: _Job,
-        tokens: Any,
+        sampler: Sampler,
         limit: int,
         limit_reason: str,
         sink: Callable[[str], bool],
     ) -> str:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        produced = 0
-        try:
-            for token in tokens:
-                if job.cancel.is_set():
-                    return "userStopped"
-                if token in self._end_tokens:
-                    return "eosFound"
-                produced += 1
-                job.produced += 1
-                job.pending_tokens += 1
-                text = decoder.decode(self._llm.detokenize([token]))
-                if text and sink(text):
-                    return "stopStringFound"
-                if produced >= limit:
-                    return limit_reason
-            return "eosFound"
-        finally:
-            tokens.close()
+        for produced in range(1, limit + 1):
+            if job.cancel.is_set():
+                return "userStopped"
+            token = sampler.next_token()
+            if token in self._end_tokens:
+                return "eosFound"
+            job.produced += 1
+            job.pending_tokens += 1
+            text = decoder.decode(self._llm.detokenize([token]))
+            if text and sink(text):
+                return "stopStringFound"
+            if produced < limit:
+                self._llm.eval([token])
+        return limit_reason

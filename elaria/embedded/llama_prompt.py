@@ -30,6 +30,9 @@ __all__ = [
     "AnswerStreamer",
     "OfferedTool",
     "Segment",
+    "answer_only_schema",
+    "call_json",
+    "inline_refs",
     "offered_tools",
     "previous_calls",
     "render_prompt",
@@ -95,6 +98,35 @@ def tools_block(tools: Sequence[OfferedTool]) -> str:
     return "\n".join(lines)
 
 
+#: Deeper ``$ref`` nesting than this is treated as recursive (no finite grammar inlines it).
+MAX_REF_DEPTH = 16
+
+
+def inline_refs(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` with local ``#/$defs/…`` / ``#/definitions/…`` references replaced by their
+    targets, so it can be nested inside the tool-choice schema. Raises ``ValueError`` for a
+    recursive or unresolvable reference."""
+    defs = {**dict(schema.get("definitions") or {}), **dict(schema.get("$defs") or {})}
+
+    def walk(node: Any, depth: int) -> Any:
+        if isinstance(node, Mapping):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                name = ref.rsplit("/", 1)[-1]
+                if not ref.startswith(("#/$defs/", "#/definitions/")) or name not in defs:
+                    raise ValueError(f"cannot resolve $ref {ref!r}")
+                if depth >= MAX_REF_DEPTH:
+                    raise ValueError(f"$ref {ref!r} is recursive")
+                return walk(defs[name], depth + 1)
+            return {k: walk(v, depth) for k, v in node.items() if k not in ("$defs", "definitions")}
+        if isinstance(node, list):
+            return [walk(v, depth) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema, 0)
+    return result
+
+
 def tool_choice_schema(
     tools: Sequence[OfferedTool], argument_schemas: Mapping[str, Mapping[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -108,7 +140,7 @@ def tool_choice_schema(
                 "type": "object",
                 "properties": {
                     "tool": {"const": tool.name},
-                    "arguments": dict(overrides.get(tool.name, tool.parameters)),
+                    "arguments": dict(overrides.get(tool.name) or inline_refs(tool.parameters)),
                 },
                 "required": ["tool", "arguments"],
                 "additionalProperties": False,

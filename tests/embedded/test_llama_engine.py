@@ -11,9 +11,18 @@ from typing import Any
 import jsonschema
 import llama_cpp
 import pytest
+from loguru import logger
 
-from elaria.embedded.engine import Done, EngineEvent, Fragment, PredictRequest, ToolCall
+from elaria.embedded.engine import (
+    Done,
+    EngineError,
+    EngineEvent,
+    Fragment,
+    PredictRequest,
+    ToolCall,
+)
 from elaria.embedded.llama import MODEL_KEY, LlamaCppEngine, default_model_path, model_spec
+from elaria.errors import ModelNotFoundError
 
 pytestmark = pytest.mark.llama
 
@@ -269,3 +278,67 @@ async def test_embeddings_are_real_and_normalised(engine: LlamaCppEngine) -> Non
     similar = sum(a * b for a, b in zip(cat, cat2, strict=True))
     unrelated = sum(a * b for a, b in zip(cat, tax, strict=True))
     assert similar > unrelated
+
+
+async def test_tool_with_defs_gets_a_schema_valid_call(engine: LlamaCppEngine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"trip": {"$ref": "#/$defs/Trip"}},
+        "required": ["trip"],
+        "$defs": {
+            "Trip": {
+                "type": "object",
+                "properties": {"to": {"type": "string"}, "seats": {"type": "integer"}},
+                "required": ["to", "seats"],
+            }
+        },
+    }
+    tool = {"type": "function", "function": {"name": "book_flight", "parameters": schema}}
+    events = await collect(engine.predict(request([user("Book 2 seats to Rome.")], tools=[tool])))
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert len(calls) == 1, events
+    jsonschema.validate(dict(calls[0].arguments or {}), schema)
+
+
+async def test_unconvertible_schema_falls_back_to_a_generic_object(
+    engine: LlamaCppEngine,
+) -> None:
+    odd = {"type": "object", "properties": {"code": {"type": "string", "pattern": "[A-Z]+"}}}
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": odd}}]
+    warnings: list[str] = []
+    sink = logger.add(warnings.append, level="WARNING", format="{message}")
+    try:
+        events = await collect(engine.predict(request([user("Look up code ABC.")], tools=tools)))
+    finally:
+        logger.remove(sink)
+    assert not [e for e in events if isinstance(e, EngineError)], events
+    assert isinstance(events[-1], Done)
+    assert any("lookup gets a generic argument grammar" in w for w in warnings)
+    for call in (e for e in events if isinstance(e, ToolCall)):
+        assert isinstance(call.arguments, dict)
+
+
+async def test_gbnf_grammar_is_followed(engine: LlamaCppEngine) -> None:
+    grammar = 'root ::= ("yes" | "no") "!"'
+    req = request([user("Is water wet?")], structured={"type": "gbnf", "gbnfGrammar": grammar})
+    events = await collect(engine.predict(req))
+    assert text_of(events) in ("yes!", "no!")
+    assert isinstance(events[-1], Done)
+    assert events[-1].stop_reason == "eosFound"
+
+
+async def test_refusals_are_engine_errors(engine: LlamaCppEngine) -> None:
+    too_long = request([user("word " * 3000)])
+    gbnf = request([user("hi")], structured={"type": "gbnf", "gbnfGrammar": 'root ::= "x'})
+    unknown = PredictRequest("no-such-model", "no-such-model", [user("hi")])
+    for req, needle in (
+        (too_long, "does not fit"),
+        (gbnf, "could not parse the grammar"),
+        (unknown, "no-such-model"),
+    ):
+        events = await collect(engine.predict(req))
+        assert len(events) == 1
+        assert isinstance(events[0], EngineError)
+        assert needle in events[0].title
+    with pytest.raises(ModelNotFoundError):
+        await engine.tokenize("no-such-model", "hi")
