@@ -163,7 +163,7 @@ def _walk(value: Any, forced: Strength | None, depth: int) -> Any:
         return REDACTED if forced is not None and value else _redact_str(value)
     if kind is dict and forced is None:
         return {
-            (_redact_str(k) if type(k) is str else k): _walk(
+            (_redact_key(k) if type(k) is str else k): _walk(
                 item, secret_strength(k) if type(k) is str else None, depth + 1
             )
             for k, item in value.items()
@@ -191,7 +191,7 @@ def _walk(value: Any, forced: Strength | None, depth: int) -> Any:
             strength = forced
             if isinstance(key, str):
                 strength = strength or secret_strength(key)
-                key = _redact_str(key)
+                key = _redact_key(key)
             out[key] = _walk(item, strength, depth + 1)
         return out
     if isinstance(value, list | tuple):
@@ -269,6 +269,11 @@ def _has_token_hint(text: str) -> bool:
         or ("_" in text and ("gh" in text or "github_pat_" in text))
         or ("A" in text and _AWS_PREFIX.search(text) is not None)
     )
+
+
+@functools.lru_cache(maxsize=4096)  # keys repeat on every record; their verdict does not change
+def _redact_key(key: str) -> str:
+    return _redact_str(key)
 
 
 def _redact_embedded_json(text: str) -> str | None:

@@ -56,6 +56,18 @@ SCHEMA_VERSION: Final = 1
 COST_WARNING_PER_1K: Final = 100.0
 
 Provider = Literal["lmstudio", "embedded"]
+#: Fields that can carry text from outside (configuration, servers, callers): redacted on write.
+_FREE_TEXT_FIELDS: Final = (
+    "request_id",
+    "run_id",
+    "tenant",
+    "project",
+    "tier",
+    "host",
+    "model",
+    "error_class",
+    "meta",
+)
 
 
 class InferenceEvent(BaseModel):
@@ -84,7 +96,10 @@ class InferenceEvent(BaseModel):
 
     def to_line(self) -> bytes:
         """The redacted JSON line (with its newline) this event is stored as."""
-        data = redact(self.model_dump(mode="json"))
+        data = self.model_dump(mode="json")
+        for key in _FREE_TEXT_FIELDS:  # the rest are numbers, flags, ids and our timestamp
+            if data[key] is not None:
+                data[key] = redact(data[key])
         return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
             "utf-8", "backslashreplace"
         )

@@ -68,14 +68,13 @@ async def test_a_broken_event_log_never_fails_a_run(tmp_path: Path) -> None:
             async with asyncio.timeout(120):
                 results = await asyncio.gather(*(rt.run(f"task {n}") for n in range(5)))
             assert all(r.answer for r in results)
-            assert rt.telemetry is not None
-            telemetry_stats = rt.telemetry.stats()
     finally:
         logger.remove(handler)
-    events = telemetry_stats["events"]
+    assert rt.telemetry is not None
+    events = rt.telemetry.stats()["events"]  # after close: everything queued was attempted
     assert events["failing"] is True
     assert events["failed_writes"] >= 1
-    assert events["lines_dropped"] + events["queued"] == sum(r.rounds for r in results)
+    assert events["lines_dropped"] == sum(r.rounds for r in results)
     assert len(reports) == 1
 
 
