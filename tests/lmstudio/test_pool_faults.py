@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -216,3 +217,30 @@ async def test_idle_clients_are_closed_and_reopened_on_demand(
         assert client_sockets(server.port) == 0
         assert (await one_round(pool, server.ws_url, settings)).text
         assert pool.stats()[server.ws_url]["generation"] == 2
+
+
+async def test_connections_dropped_soon_after_opening_do_not_reset_the_backoff(
+    server: EmbeddedServer, lms_settings: LMStudioSettings
+) -> None:
+    # Each connection passes its first probe, then the server drops it at once: only the
+    # "stable for stable_after before the backoff resets" rule keeps this from looping hot.
+    settings = lms_settings.model_copy(update={"probe_interval_ms": 100})
+    reconnect = ReconnectSettings(initial_delay_ms=100, max_delay_ms=1_000, stable_after_ms=5_000)
+    recorder = Recorder()
+    loop = asyncio.get_running_loop()
+
+    def on_event(kind: str, host: str) -> None:
+        recorder(kind, host)
+        if kind == "connected":
+            loop.call_soon(server.faults.kill)
+
+    async with ClientPool(settings, reconnect, on_event=on_event, rng=lambda: 1.0) as pool:
+        with contextlib.suppress(HostDown):
+            async with pool.lease(server.ws_url):
+                pass
+        await recorder.wait_for("connected", 5, timeout=20)
+        times = recorder.times("connect_attempt")
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # The delays keep doubling (0.1, 0.2, 0.4, 0.8 s) although every connection "worked".
+    for gap, floor in zip(gaps, [0.1, 0.2, 0.4, 0.8], strict=False):
+        assert gap >= floor * 0.95
