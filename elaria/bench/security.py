@@ -91,7 +91,7 @@ def run(quick: bool) -> dict[str, Any]:
 def build_document(target: int) -> tuple[Any, int]:
     """A JSON-like document of about ``target`` nodes, shaped like tool arguments and logs."""
     records: list[Any] = []
-    nodes = 1
+    nodes = 2  # the outer object and its list
     i = 0
     while nodes < target:
         record = {
@@ -105,7 +105,7 @@ def build_document(target: int) -> tuple[Any, int]:
             },
         }
         records.append(record)
-        nodes += 11  # record, 4 fields, 2 tags, meta's 3 values, and meta itself
+        nodes += 10  # the record, id, name, tags and its 2 items, meta and its 3 values
         i += 1
     return {"records": records}, nodes
 

@@ -114,3 +114,14 @@ def test_a_configured_database(workspace: Path, tmp_path: Path) -> None:
 def test_a_missing_workspace_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not an existing directory"):
         builtin_tools(tmp_path / "missing")
+
+
+def test_public_surface() -> None:
+    import python_tools
+
+    assert python_tools.__all__ == [
+        "DEFAULT_DATABASE_NAME",
+        "DEFAULT_MAX_READ_BYTES",
+        "CommandLimits",
+        "builtin_tools",
+    ]
