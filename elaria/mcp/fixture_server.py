@@ -9,9 +9,9 @@ setups against crashes and hangs. Modes:
 * ``spawn`` — serves, after starting a long-lived helper process in its own process group that
   outlives the server, the way ``node`` outlives ``npx``: only killing the group ends it.
 
-Tools: ``echo(text)``; ``block(marker)`` creates the file ``marker`` and never answers (a call
-in flight, for kill tests; other requests are still served); ``grow(mb)`` allocates and keeps
-``mb`` MiB (for RSS caps).
+Tools: ``echo(text)``; ``block(marker)`` creates the file ``marker`` and never answers (a
+call in flight, for kill tests; other requests are still served); ``grow(mb)`` allocates and
+keeps ``mb`` MiB (for RSS caps). An unknown tool is a JSON-RPC error (-32602).
 
 It speaks newline-delimited JSON-RPC with the standard library only, so it starts in a few
 milliseconds and restart timings measure the supervisor, not imports.
@@ -76,7 +76,7 @@ def _call(name: str, args: dict[str, Any]) -> dict[str, Any] | None:
     if name == "grow":
         _hoard.append(b"x" * (int(args["mb"]) * 2**20))
         return _text(f"holding {sum(len(b) for b in _hoard) // 2**20} MiB")
-    return _text(f"unknown tool {name!r}", is_error=True)
+    raise ValueError(f"Unknown tool: {name}")
 
 
 def _answer(message: dict[str, Any]) -> dict[str, Any] | None:
@@ -109,6 +109,8 @@ def serve() -> None:
             result = _answer(message)
         except LookupError as exc:
             reply["error"] = {"code": -32601, "message": str(exc)}
+        except ValueError as exc:  # as SDK servers answer an unknown tool
+            reply["error"] = {"code": -32602, "message": str(exc)}
         else:
             if result is None:
                 continue

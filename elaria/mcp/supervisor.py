@@ -8,7 +8,8 @@ A :class:`ServerSupervisor` owns one background task per server. That task holds
    start gets the long timeout (``npx`` may be downloading the package: that first start is the
    pre-warm); restarts get :data:`RESTART_TIMEOUT_S`.
 2. watch — wake on child exit, on :meth:`aclose`, or every ``health_interval``: ping (bounded by
-   :data:`PING_TIMEOUT_S`) and compare the group's RSS with the cap. Any of these ends the
+   :data:`PING_TIMEOUT_S` or the interval, whichever is shorter) and compare the group's RSS with
+   the cap. Any of these ends the
    connection with a reason that becomes ``last_error``.
 3. tear down — close the session, then kill the whole process group (always, even after a clean
    exit: a grandchild may outlive ``npx``).
@@ -333,7 +334,7 @@ class ServerSupervisor:
                 return _exit_reason(child)
             self._wake.clear()
             try:
-                with anyio.fail_after(PING_TIMEOUT_S):
+                with anyio.fail_after(min(PING_TIMEOUT_S, interval)):
                     # The session-level ping: legacy mode, and no deprecation warning.
                     await client.session.send_ping()
             except Exception as exc:
@@ -384,6 +385,11 @@ class ServerSupervisor:
     def _start_hint(self) -> str:
         if isinstance(self.config, HttpServerConfig):
             return f"Check that {self.config.url} is up and speaks MCP streamable HTTP."
+        if self.config.uses_npx:
+            return (
+                "npx may still be downloading the package: run the same npx command once in a "
+                "shell, or raise timeout.init for this server in mcp.json."
+            )
         return (
             f"Check that {self.config.command!r} runs by itself in a shell, or raise "
             "timeout.init for this server in mcp.json."
