@@ -6,6 +6,7 @@ setups against crashes and hangs. Modes:
 * ``serve`` — a normal server;
 * ``hang`` — never answers the handshake;
 * ``crash`` — exits with status 3 at once, after a line on stderr;
+* ``broken-schema`` — serves, and also lists a tool ``broken`` whose input schema is invalid;
 * ``spawn`` — serves, after starting a long-lived helper process in its own process group that
   outlives the server, the way ``node`` outlives ``npx``: only killing the group ends it.
 
@@ -79,7 +80,14 @@ def _call(name: str, args: dict[str, Any]) -> dict[str, Any] | None:
     raise ValueError(f"Unknown tool: {name}")
 
 
-def _answer(message: dict[str, Any]) -> dict[str, Any] | None:
+_BROKEN: dict[str, Any] = {
+    "name": "broken",
+    "description": "Its schema is not a valid JSON schema.",
+    "inputSchema": {"type": "object", "properties": {"x": {"type": "no-such-type"}}},
+}
+
+
+def _answer(message: dict[str, Any], mode: str) -> dict[str, Any] | None:
     method = message.get("method")
     params = message.get("params") or {}
     if method == "initialize":
@@ -91,13 +99,13 @@ def _answer(message: dict[str, Any]) -> dict[str, Any] | None:
     if method == "ping":
         return {}
     if method == "tools/list":
-        return {"tools": _TOOLS}
+        return {"tools": [*_TOOLS, _BROKEN] if mode == "broken-schema" else _TOOLS}
     if method == "tools/call":
         return _call(str(params.get("name")), dict(params.get("arguments") or {}))
     raise LookupError(f"method not found: {method}")
 
 
-def serve() -> None:
+def serve(mode: str) -> None:
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -106,7 +114,7 @@ def serve() -> None:
             continue  # a notification, or a response to nothing we asked
         reply: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
         try:
-            result = _answer(message)
+            result = _answer(message, mode)
         except LookupError as exc:
             reply["error"] = {"code": -32601, "message": str(exc)}
         except ValueError as exc:  # as SDK servers answer an unknown tool
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
-    serve()
+    serve(mode)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,13 @@ async def test_a_protocol_error_is_a_tool_error_and_the_server_lives_on() -> Non
         assert supervisor.restarts == 0
 
 
+async def test_a_tool_with_an_invalid_schema_is_left_out() -> None:
+    async with _bridge(a=fixture_server("broken-schema")) as bridge:
+        assert sorted(t.name for t in bridge.tools) == ["block", "echo", "grow"]
+        last_error = bridge.stats()[0]["last_error"]
+        assert "tool 'broken' left out: invalid schema" in last_error
+
+
 def test_package_surface() -> None:
     assert set(elaria.mcp.__all__) == {
         "Firewall",
