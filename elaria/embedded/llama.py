@@ -12,8 +12,11 @@ not wait behind a generation; a lock keeps the model from being freed under it.
 
 **Cancellation.** Closing the ``predict`` iterator (``aclose()``, or cancelling the task that
 iterates it) sets a ``threading.Event`` that the worker checks before every token: generation
-stops within a token and the worker is free for the next request. The prompt itself is evaluated
-in one llama.cpp call and is not interruptible (a few hundred ms for the prompts used here).
+stops within a token and the worker is free for the next request; the stream then just ends
+(the server reports ``userStopped``). ``unload()`` during a generation stops it the same way but
+ends the stream with ``Done("modelUnloaded")``. The prompt itself is evaluated in one llama.cpp
+call and is not interruptible (a few hundred ms for the prompts used here). Every round evaluates
+its whole prompt (no prefix cache), so equal requests give equal answers at temperature 0.
 
 **Rounds.**
 
@@ -40,6 +43,10 @@ Temperature 0 (the default here: a 270M base model does best greedy) is determin
 
 **Embeddings** are real: mean-pooled hidden states of a second llama.cpp context opened with
 ``embedding=True`` on the same file, L2-normalised.
+
+``stats()`` reports load state, prediction counts, grammar slow-path counts and the stop reason
+and generated-token count of recent rounds. ``close()`` (sync, idempotent) stops everything and
+frees the model on the worker before it exits.
 """
 
 from __future__ import annotations
@@ -120,7 +127,7 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     request: PredictRequest
     cancel: threading.Event
@@ -129,6 +136,15 @@ class _Job:
     pending_tokens: int = 0  # generated but not yet reported in a fragment
     produced: int = 0
     grammar_rejections: int = 0
+    unloaded: bool = False  # the cancel came from unload(), not from the consumer
+
+    def finish(self, reason: str) -> None:
+        """Ends the stream with :class:`Done` unless the consumer itself went away."""
+        if reason == "userStopped" and self.unloaded:
+            reason = "modelUnloaded"
+        if reason != "userStopped":
+            self.post(Done(reason, prompt_tokens=self.prompt_tokens))
+
     stop_reason: str = "none"
 
 
@@ -193,7 +209,8 @@ class LlamaCppEngine:
         self._embedder: Any = None
         self._loaded_ctx = 0
         self._end_tokens: frozenset[int] = frozenset()
-        self._active: set[threading.Event] = set()
+        self._active: set[_Job] = set()
+        self._closed = False
         #: (stop reason, generated tokens) of recent rounds, newest last; appended by the worker.
         self._rounds: deque[tuple[str, int]] = deque(maxlen=RECENT_ROUNDS)
         self._predictions = 0
@@ -234,17 +251,23 @@ class LlamaCppEngine:
 
     async def unload(self, model_key: str) -> None:
         self._check_key(model_key)
-        for cancel in list(self._active):
-            cancel.set()
+        self._stop_active(unloaded=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._free_sync)
 
     def close(self) -> None:
         """Stop generating and let the worker thread exit (the model is freed with it)."""
-        for cancel in list(self._active):
-            cancel.set()
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_active(unloaded=True)
         self._executor.submit(self._free_sync)
         self._executor.shutdown(wait=False)
+
+    def _stop_active(self, *, unloaded: bool) -> None:
+        for job in list(self._active):
+            job.unloaded = unloaded
+            job.cancel.set()
 
     def _check_key(self, model_key: str) -> None:
         if model_key != MODEL_KEY:
@@ -362,7 +385,7 @@ class LlamaCppEngine:
                 cancel.set()
 
         job = _Job(request, cancel, post)
-        self._active.add(cancel)
+        self._active.add(job)
         self._predictions += 1
         future = loop.run_in_executor(self._executor, self._run, job)
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -372,7 +395,7 @@ class LlamaCppEngine:
                 yield item
         finally:
             cancel.set()
-            self._active.discard(cancel)
+            self._active.discard(job)
 
     def _run(self, job: _Job) -> None:
         try:
@@ -436,8 +459,7 @@ class LlamaCppEngine:
         reason = self._generate(job, prompt, grammar, limit, limit_reason, out.add)
         if reason != "stopStringFound":
             out.flush()
-        if reason != "userStopped":
-            job.post(Done(reason, prompt_tokens=job.prompt_tokens))
+        job.finish(reason)
 
     def _tool_round(
         self, job: _Job, prompt: list[int], tools: Sequence[OfferedTool], room: int
@@ -448,7 +470,8 @@ class LlamaCppEngine:
         reason = self._generate(
             job, prompt, grammar, limit, limit_reason, self._answer_sink(job, streamer)
         )
-        if reason == "userStopped":
+        if reason in ("userStopped", "modelUnloaded"):
+            job.finish(reason)
             return
         if not streamer.is_answer:
             call = self._parse_call(streamer.raw)
@@ -462,8 +485,7 @@ class LlamaCppEngine:
                 reason = self._generate(job, prompt, answer_grammar, limit, limit_reason, sink)
             else:
                 job.post(call)
-        if reason != "userStopped":
-            job.post(Done(reason, prompt_tokens=job.prompt_tokens))
+        job.finish(reason)
 
     @staticmethod
     def _answer_sink(job: _Job, streamer: AnswerStreamer) -> Callable[[str], bool]:

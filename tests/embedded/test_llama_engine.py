@@ -342,3 +342,17 @@ async def test_refusals_are_engine_errors(engine: LlamaCppEngine) -> None:
         assert needle in events[0].title
     with pytest.raises(ModelNotFoundError):
         await engine.tokenize("no-such-model", "hi")
+
+
+async def test_unload_mid_generation_ends_with_model_unloaded(engine: LlamaCppEngine) -> None:
+    events = engine.predict(request([user("Write a long essay about mountains.")], max_tokens=400))
+    seen: list[EngineEvent] = []
+    async with asyncio.timeout(ROUND_TIMEOUT_S):
+        async for event in events:
+            seen.append(event)
+            if len(seen) == 2:
+                await engine.unload(MODEL_KEY)
+    assert isinstance(seen[-1], Done)
+    assert seen[-1].stop_reason == "modelUnloaded"
+    assert not engine.loaded
+    await engine.load(MODEL_KEY, 2048)  # the rest of the module keeps its model
