@@ -66,14 +66,10 @@ def checked_tokens(sql: str, *, read_only: bool) -> list[Token]:
     sig = significant(tokens)
     if not sig:
         raise refuse("sql.empty", "the SQL is empty; send one statement", severity="low")
+    # The statement's kind and the names it touches first: they give the model the real reason.
+    _check_keyword(sig[0], sql, read_only)
     for tok in sig:
-        if tok.kind in ("string", "blob"):
-            raise refuse(
-                "sql.literal",
-                f"the SQL contains the literal {tok.text[:60]} : put values in the parameters "
-                "and write ? (or :name) in the SQL instead",
-                value=sql,
-            )
+        _check_name(tok, sql)
     semicolons = [i for i, tok in enumerate(sig) if tok.kind == "semicolon"]
     if semicolons and semicolons[0] != len(sig) - 1:
         raise refuse(
@@ -82,14 +78,19 @@ def checked_tokens(sql: str, *, read_only: bool) -> list[Token]:
             value=sql,
             severity="high",
         )
+    for tok in sig:
+        if tok.kind in ("string", "blob"):
+            raise refuse(
+                "sql.literal",
+                f"the SQL contains the literal {tok.text[:60]} : put values in the parameters "
+                "and write ? (or :name) in the SQL instead",
+                value=sql,
+            )
     # SQLite's own tokenizer must agree about where the statement ends.
     end = sig[semicolons[0]].start + 1 if semicolons else None
     agrees = sqlite3.complete_statement(sql[:end]) if end else not sqlite3.complete_statement(sql)
     if not agrees:
         raise refuse("sql.syntax", "the SQL statement boundaries are ambiguous", value=sql)
-    _check_keyword(sig[0], sql, read_only)
-    for tok in sig:
-        _check_name(tok, sql)
     return tokens
 
 

@@ -151,6 +151,17 @@ def test_vacuum_into_is_refused_and_creates_no_file(
     assert not target.exists()
 
 
+def test_forbidden_statements_with_literals_report_the_real_reason(
+    ro: SafeSQLite, tmp_path: Path
+) -> None:
+    target = tmp_path / "literal.db"
+    assert _rule(ro, f"ATTACH DATABASE '{target}' AS x") == "sql.attach"
+    assert _rule(ro, f"VACUUM INTO '{target}'") == "sql.vacuum"
+    assert _rule(ro, "PRAGMA table_info('users')") == "sql.pragma"
+    assert _rule(ro, "SELECT name FROM sqlite_master WHERE type = 'table'") == "sql.system_table"
+    assert not target.exists()
+
+
 def test_the_connection_itself_refuses_attach(ro: SafeSQLite, tmp_path: Path) -> None:
     """Below the tokenizer: the authorizer and the attach limit refuse on their own."""
     conn = ro._conn  # the guarded connection, reached past the text checks on purpose
