@@ -20,7 +20,7 @@ classified once (:func:`~elaria.resilience.classify.classify`) and handled by th
 * fatal (model not downloaded, protocol mismatch, auth): next target.
 
 Every step is appended to ``RoundResult.events`` as a plain dict (``kind``: ``retry``,
-``load_model``, ``failover``, ``skip``). When every target failed:
+``load_model``, ``failover``, ``skip``) and logged with ``kind="resilience"``. When every target failed:
 :class:`~elaria.errors.AllTargetsFailed` with the whole chain. Because targets are always tried
 in order, traffic returns to the primary as soon as its breaker lets a probe through and that
 probe succeeds. The breaker lets that probe through after its reset timeout, or earlier when the
@@ -38,6 +38,8 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
+
+from loguru import logger
 
 from elaria.config import FailoverTarget, Settings
 from elaria.errors import (
@@ -282,7 +284,7 @@ def _typed(exc: Exception, cls: type[BackendError], host: str, model: str | None
 def _event(
     kind: str, host: str, model: str | None, error_class: str, message: str
 ) -> dict[str, Any]:
-    return {
+    event = {
         "kind": kind,
         "host": host,
         "model": model,
@@ -290,6 +292,10 @@ def _event(
         "message": message.splitlines()[0][:300] if message else "",
         "at": time.time(),
     }
+    logger.bind(kind="resilience", action=kind, host=host, model=model).info(
+        "{} on {}/{}: {}: {}", kind, host, model or "*", error_class, event["message"]
+    )
+    return event
 
 
 def _with_events(result: RoundResult, events: list[dict[str, Any]]) -> RoundResult:
