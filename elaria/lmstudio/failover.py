@@ -20,11 +20,11 @@ classified once (:func:`~elaria.resilience.classify.classify`) and handled by th
 * fatal (model not downloaded, protocol mismatch, auth): next target.
 
 Every step is appended to ``RoundResult.events`` as a plain dict (``kind``: ``retry``,
-``load_model``, ``failover``, ``skip``) and logged with ``kind="resilience"``. When every target failed:
-:class:`~elaria.errors.AllTargetsFailed` with the whole chain. Because targets are always tried
-in order, traffic returns to the primary as soon as its breaker lets a probe through and that
-probe succeeds. The breaker lets that probe through after its reset timeout, or earlier when the
-pool's own supervisor has reconnected to the host (its ``list_loaded`` probe passed).
+``load_model``, ``failover``, ``skip``) and logged with ``kind="resilience"``. When every
+target failed: :class:`~elaria.errors.AllTargetsFailed` with the whole chain. Because targets
+are always tried in order, traffic returns to the primary as soon as its breaker lets a probe
+through and that probe succeeds. The breaker lets that probe through after its reset timeout,
+or earlier when the pool's own supervisor has reconnected to the host (its probe passed).
 
 Breakers: only the host's own failures (transient, host down) count, on the host breaker for
 host-down and on the (host, model) breaker otherwise; cancellations never count. If a fragment
