@@ -12,10 +12,8 @@ Unknown endpoints, invalid parameters, unknown or reused channel ids get a
 real server: the SDK call hangs. ``strict=True`` answers them with ``rpcError``/``channelError``
 instead, to catch drift quickly in tests.
 
-Auth: open mode accepts any identifier, first come first served (a later connection with the
-same identifier and another passkey is refused); with ``tokens`` only ``sk-lm-<8>:<20>`` pairs
-from the table pass. Refusals carry the real server's *string* error (SDK 1.5.0 then raises
-``ValueError``) and close the socket.
+Auth (``auth.py``): open mode, first come first served, or a token table. Refusals carry the
+real server's *string* error (SDK 1.5.0 then raises ``ValueError``) and close the socket.
 
 Loop and threads: create, start and stop the server on one event loop; everything (engine calls
 included) runs on it. Handlers run as tasks per call/channel, so one slow prediction never blocks
@@ -27,9 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
-import socket
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -39,12 +34,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from elaria.embedded import envelope as env
+from elaria.embedded.auth import AUTH_TIMEOUT_S, Credentials, parse_token, read_auth_packet
+from elaria.embedded.connection import Channel, Connection
 from elaria.embedded.endpoints import Backend, ChannelLike, RpcHandler
 from elaria.embedded.engine import Engine
 from elaria.embedded.envelope import BadParameter, ProtocolError
 from elaria.embedded.faults import Faults
 from elaria.embedded.predict import handle_predict
-from elaria.errors import ConfigError
 
 __all__ = ["NAMESPACES", "Connection", "EmbeddedServer", "parse_token"]
 
@@ -58,90 +54,12 @@ NAMESPACES = (
     "plugins",
     "runtime",
 )
-#: The real server gives up on a client that sends no valid auth packet within 10 s.
-AUTH_TIMEOUT_S = 10.0
 #: The real server stops warning after five communicationWarnings per connection.
 MAX_WARNINGS = 5
 #: Bound on the close handshake, so stopping never waits long on a frozen or dead peer.
 CLOSE_TIMEOUT_S = 2.0
-_TOKEN = re.compile(r"^sk-lm-(?P<id>[A-Za-z0-9]{8}):(?P<key>[A-Za-z0-9]{20})$")
 
-ChannelHandler = Callable[["Channel", Any], Awaitable[None]]
-
-
-def parse_token(token: str) -> tuple[str, str]:
-    """``sk-lm-<8>:<20>`` -> (clientIdentifier, clientPasskey); ConfigError otherwise."""
-    match = _TOKEN.match(token.strip())
-    if match is None:
-        raise ConfigError(
-            f"invalid API token {token[:12]!r}...",
-            where="--token",
-            hint="A token looks like sk-lm-ABCD1234:abcdefghij0123456789 (8 and 20 letters or "
-            "digits after sk-lm-).",
-        )
-    return match["id"], match["key"]
-
-
-class Channel:
-    """One open channel of one connection; ``cancelled`` is set by a client ``cancel``."""
-
-    def __init__(self, conn: Connection, channel_id: int) -> None:
-        self.conn = conn
-        self.id = channel_id
-        self.cancelled = asyncio.Event()
-
-    async def send(self, message: dict[str, Any]) -> None:
-        await self.conn.send(env.channel_send(self.id, message))
-
-
-class Connection:
-    """One authenticated (or authenticating) namespace socket."""
-
-    def __init__(self, ws: ServerConnection, namespace: str, faults: Faults) -> None:
-        self.ws = ws
-        self.namespace = namespace
-        self.client_id: str | None = None
-        self.channels: dict[int, Channel] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.warnings = 0
-        self._faults = faults
-        self._send_lock = asyncio.Lock()
-
-    def __repr__(self) -> str:
-        return (
-            f"<Connection /{self.namespace} client={self.client_id} "
-            f"channels={len(self.channels)} tasks={len(self.tasks)}>"
-        )
-
-    async def send(self, message: dict[str, Any]) -> None:
-        async with self._send_lock:
-            await self._faults.before_send()
-            await self.ws.send(json.dumps(message))
-
-    def abort(self) -> None:
-        """TCP reset: SO_LINGER 0 makes close() send RST instead of FIN."""
-        transport = self.ws.transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-
-    async def close_gracefully(self) -> None:
-        await self.ws.close(1001, "server closing the connection")
-
-    def pause_reading(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ws.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ws.transport.resume_reading()
-
-    def spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+ChannelHandler = Callable[[Channel, Any], Awaitable[None]]
 
 
 class EmbeddedServer:
@@ -166,8 +84,7 @@ class EmbeddedServer:
         self.faults._connections = lambda: list(self._connections)
         self.strict = strict
         self.backend = Backend(engine, jit=jit, queue_per_model=queue_per_model)
-        self.token_table = dict(parse_token(t) for t in tokens)
-        self._fcfs: dict[str, str] = {}
+        self.credentials = Credentials(tokens)
         self._preload = list(preload)
         self._requested_port = port
         self._server: Server | None = None
@@ -284,7 +201,7 @@ class EmbeddedServer:
     async def _authenticate(self, conn: Connection) -> bool:
         try:
             async with asyncio.timeout(AUTH_TIMEOUT_S):
-                packet = await self._read_auth_packet(conn)
+                packet = await read_auth_packet(conn.ws)
         except TimeoutError:
             await self._refuse(conn, "Authentication timed out")
             return False
@@ -296,7 +213,7 @@ class EmbeddedServer:
         if mode == "reject":
             await self._refuse(conn, self.faults.auth_error)
             return False
-        error = self._check_credentials(packet["clientIdentifier"], packet["clientPasskey"])
+        error = self.credentials.check(packet["clientIdentifier"], packet["clientPasskey"])
         if error is not None:
             await self._refuse(conn, error)
             return False
@@ -305,34 +222,6 @@ class EmbeddedServer:
             await conn.close_gracefully()
             return False
         return True
-
-    async def _read_auth_packet(self, conn: Connection) -> dict[str, str]:
-        """The real server ignores frames that do not parse as an auth packet."""
-        while True:
-            raw = await conn.ws.recv()
-            with contextlib.suppress(ValueError):
-                packet = json.loads(raw)
-                if (
-                    isinstance(packet, dict)
-                    and packet.get("authVersion") == 1
-                    and isinstance(packet.get("clientIdentifier"), str)
-                    and isinstance(packet.get("clientPasskey"), str)
-                    and len(packet["clientIdentifier"]) <= 256
-                    and len(packet["clientPasskey"]) <= 256
-                ):
-                    return packet
-
-    def _check_credentials(self, ident: str, key: str) -> str | None:
-        if self.token_table:
-            if self.token_table.get(ident) == key:
-                return None
-            if ident not in self.token_table:
-                return f'Failed to validate client: Unknown client "{ident}"'
-            return f'Failed to validate client: Invalid client passkey for client "{ident}"'
-        known = self._fcfs.setdefault(ident, key)
-        if known != key:
-            return f'Failed to validate client: Invalid client passkey for client "{ident}"'
-        return None
 
     async def _refuse(self, conn: Connection, error: str) -> None:
         with contextlib.suppress(ConnectionClosed):

@@ -23,7 +23,8 @@ from elaria.embedded import (
     reasoning,
     tool_calls,
 )
-from elaria.embedded.server import MAX_WARNINGS, parse_token
+from elaria.embedded.auth import parse_token
+from elaria.embedded.server import MAX_WARNINGS
 from elaria.errors import ConfigError
 from elaria.testing import RawSession, embedded_server, raw_session
 
