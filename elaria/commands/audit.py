@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     path = args.file or _configured_path()
-    reader = JsonlReader(path)
+    reader = JsonlReader(path, include_rotated=True)
     reader.check("audit ledger", _HINT)
     console = make_console()
     show = _list if args.action == "list" else _show

@@ -61,7 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     path = args.file or _configured_path()
-    reader = JsonlReader(path)
+    reader = JsonlReader(path, include_rotated=args.action == "stats")
     reader.check("inference event log", _HINT)
     if args.action == "tail":
         return _tail(reader, args)

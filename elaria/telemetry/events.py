@@ -17,6 +17,8 @@ Contract:
   to a single writer task through a bounded queue (``telemetry.queue_size``). A full queue drops
   the event and counts it. A failing disk is reported once in the log and counted; inference
   goes on. ``stats()`` shows every counter (the health snapshot reads it).
+* The file rotates at ``logging.rotation_mb`` (``from_settings``), keeping
+  :data:`ROTATED_FILES_KEPT` older files; readers (``elaria events``) read them oldest first.
 * Lines are whole even with many concurrent runs and processes (one writer per log, one
   ``O_APPEND`` write per batch of complete lines).
 * Loop-confined: ``start``/``emit``/``aclose`` on the loop that started the log. Cancelling
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COST_WARNING_PER_1K",
+    "ROTATED_FILES_KEPT",
     "SCHEMA_VERSION",
     "EventLog",
     "InferenceEvent",
@@ -52,6 +55,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
+#: Rotated files kept beside the live one (``inference.jsonl.1`` … ``.10``), at
+#: ``logging.rotation_mb`` each: the event log is append-only, but not unbounded.
+ROTATED_FILES_KEPT: Final = 10
 #: Above this a configured price is almost certainly a unit mistake (cents, per-token).
 COST_WARNING_PER_1K: Final = 100.0
 
@@ -124,6 +130,8 @@ class EventLog:
         tenant: str | None = None,
         project: str | None = None,
         tier: str | None = None,
+        rotate_bytes: int | None = None,
+        keep: int = ROTATED_FILES_KEPT,
         setting: str = "telemetry.events_file",
     ) -> None:
         self.path = resolve_telemetry_path(path, setting=setting)
@@ -136,7 +144,8 @@ class EventLog:
         self.cost_per_1k_tokens = cost_per_1k_tokens
         self.tenant, self.project, self.tier = tenant, project, tier
         self._writer = LineWriter(
-            JsonlFile(self.path, on_failure=_report_failure), queue_size=queue_size
+            JsonlFile(self.path, max_bytes=rotate_bytes, keep=keep, on_failure=_report_failure),
+            queue_size=queue_size,
         )
         self._not_running_reported = False
 
@@ -151,6 +160,7 @@ class EventLog:
             tenant=t.tenant,
             project=t.project,
             tier=t.tier,
+            rotate_bytes=settings.logging.rotation_mb * 1024 * 1024,
         )
 
     async def start(self) -> None:

@@ -43,7 +43,8 @@ denial …) and ``tool_calls`` (name, redacted arguments preview, outcome, durat
 ``ledger.record_run(...)`` adds a ``record: "run"`` summary for a run that spans several
 requests (a chat session).
 
-The ledger file is JSONL (``telemetry.ledger_file``), optionally mirrored into SQLite
+The ledger file is JSONL (``telemetry.ledger_file``, rotated like the event log at
+``logging.rotation_mb``, 10 older files kept), optionally mirrored into SQLite
 (``telemetry.ledger_sqlite``: ``audit.sqlite`` beside it, tables ``requests`` and ``runs``). It
 shares the writer of :mod:`elaria.telemetry.writer`: a bounded queue, one writer task, whole
 lines, failures logged once and counted in ``stats()``.
@@ -60,7 +61,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,7 +72,8 @@ from loguru import logger
 
 from elaria.errors import RunCancelled
 from elaria.security.redact import redact, redact_text
-from elaria.telemetry.logging import current_run_id, new_id
+from elaria.telemetry.events import ROTATED_FILES_KEPT
+from elaria.telemetry.logging import current_run_id, new_id, request_context, run_context
 from elaria.telemetry.paths import resolve_telemetry_path
 from elaria.telemetry.writer import JsonlFile, LineWriter
 
@@ -506,6 +508,8 @@ class AuditLedger:
         prompt_preview_chars: int | None = 512,
         answer_preview_chars: int | None = 1_024,
         arguments_preview_chars: int | None = 512,
+        rotate_bytes: int | None = None,
+        keep: int = ROTATED_FILES_KEPT,
         setting: str = "telemetry.ledger_file",
     ) -> None:
         self.path = resolve_telemetry_path(path, setting=setting)
@@ -515,7 +519,7 @@ class AuditLedger:
         self.arguments_preview_chars = arguments_preview_chars
         self._store = _SqliteStore(self.sqlite_path) if self.sqlite_path else None
         self._writer = LineWriter(
-            JsonlFile(self.path, on_failure=_report_failure),
+            JsonlFile(self.path, max_bytes=rotate_bytes, keep=keep, on_failure=_report_failure),
             queue_size=queue_size,
             on_batch=self._store.write_lines if self._store else None,
             on_failure=_report_failure,
@@ -533,6 +537,7 @@ class AuditLedger:
             prompt_preview_chars=None if full else t.prompt_preview_chars,
             answer_preview_chars=None if full else t.answer_preview_chars,
             arguments_preview_chars=t.arguments_preview_chars,
+            rotate_bytes=settings.logging.rotation_mb * 1024 * 1024,
         )
 
     def begin(self, prompt: str, **kwargs: Any) -> RequestContext:
@@ -544,10 +549,16 @@ class AuditLedger:
 
     @asynccontextmanager
     async def request(self, prompt: str, **kwargs: Any) -> AsyncIterator[RequestContext]:
-        """Begin a context, and finish and record it however the block ends."""
+        """Begin a context, and finish and record it however the block ends. Inside, log records
+        carry its run and request ids (:func:`~elaria.telemetry.logging.run_context`)."""
         ctx = self.begin(prompt, **kwargs)
         try:
-            yield ctx
+            # Log records made inside carry the run and request ids.
+            with (
+                run_context(ctx.run_id) if ctx.run_id else nullcontext(),
+                request_context(ctx.request_id),
+            ):
+                yield ctx
         except BaseException as exc:
             ctx.finish(error=exc)
             raise

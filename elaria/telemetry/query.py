@@ -49,27 +49,44 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
 
 @dataclass
 class JsonlReader:
-    """Iterate the JSON objects of one file; ``malformed`` counts skipped lines."""
+    """Iterate the JSON objects of one file — with ``include_rotated``, of its rotated
+    predecessors first (``name.10`` … ``name.1``, oldest first), then the file itself.
+    ``malformed`` counts skipped lines."""
 
     path: Path
+    include_rotated: bool = False
     malformed: int = 0
 
+    def files(self) -> list[Path]:
+        found: list[tuple[int, Path]] = []
+        if self.include_rotated and self.path.parent.is_dir():
+            prefix = self.path.name + "."
+            for sibling in self.path.parent.iterdir():
+                suffix = sibling.name[len(prefix) :] if sibling.name.startswith(prefix) else ""
+                if suffix.isdigit() and sibling.is_file():
+                    found.append((int(suffix), sibling))
+        ordered = [p for _, p in sorted(found, reverse=True)]
+        return [*ordered, self.path] if self.path.is_file() else ordered
+
     def check(self, what: str, hint: str) -> None:
-        """Raise a readable error when the file is missing or unreadable."""
-        if not self.path.exists():
-            raise ElariaError(f"no {what} at {self.path}", hint=hint)
-        if not self.path.is_file():
+        """Raise a readable error when there is nothing to read."""
+        if self.path.exists() and not self.path.is_file():
             raise ElariaError(f"{self.path} is not a file", hint=hint)
+        if not self.files():
+            raise ElariaError(f"no {what} at {self.path}", hint=hint)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        try:
-            with self.path.open("rb") as fh:
-                for raw in fh:
-                    record = self.parse(raw)
-                    if record is not None:
-                        yield record
-        except OSError as exc:
-            raise ElariaError(f"cannot read {self.path}: {exc.strerror}") from None
+        for path in self.files():
+            try:
+                with path.open("rb") as fh:
+                    for raw in fh:
+                        record = self.parse(raw)
+                        if record is not None:
+                            yield record
+            except FileNotFoundError:
+                continue  # rotated away while we read
+            except OSError as exc:
+                raise ElariaError(f"cannot read {path}: {exc.strerror}") from None
 
     def parse(self, raw: bytes) -> dict[str, Any] | None:
         if not raw.strip():

@@ -93,9 +93,10 @@ class JsonlFile:
                 return False
             try:
                 self._ensure_open(now)
-                if self._max_bytes and self._size and self._size + len(data) > self._max_bytes:
-                    self._rotate()
-                self._write_all(data)
+                if self._max_bytes:
+                    self._write_rotating(data, self._max_bytes)
+                else:
+                    self._write_all(data)
             except OSError as exc:
                 self._fail(exc, now)
                 self.lines_dropped += lines
@@ -156,6 +157,26 @@ class JsonlFile:
             self._size += written
             self.bytes_written += written
             view = view[written:]
+
+    def _write_rotating(self, data: bytes, max_bytes: int) -> None:
+        """Write whole lines, rotating whenever the next line would pass ``max_bytes`` (a batch
+        can hold many lines; a single line longer than the limit gets a file to itself)."""
+        if self._size + len(data) <= max_bytes:
+            self._write_all(data)
+            return
+        pending: list[bytes] = []
+        pending_bytes = 0
+        for line in data.splitlines(keepends=True):
+            if self._size + pending_bytes + len(line) > max_bytes:
+                if pending:
+                    self._write_all(b"".join(pending))
+                    pending, pending_bytes = [], 0
+                if self._size:
+                    self._rotate()
+            pending.append(line)
+            pending_bytes += len(line)
+        if pending:
+            self._write_all(b"".join(pending))
 
     def _rotate(self) -> None:
         self._close_fd()

@@ -252,3 +252,19 @@ def test_tail_follow_in_a_real_process_until_ctrl_c(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 130
     assert b"Traceback" not in err
+
+
+def test_stats_and_audit_read_rotated_files_too(
+    ledger_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write(Path("logs/inference.jsonl.2"), [_event(1, model="old")])
+    _write(Path("logs/inference.jsonl.1"), [_event(2, model="old")])
+    _write(Path("logs/inference.jsonl"), [_event(3)])
+    assert main(["events", "stats", "--json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)["models"]}
+    assert rows["old"]["requests"] == 2
+    assert rows["(all)"]["requests"] == 3
+    os.replace(ledger_file, "logs/audit.jsonl.1")
+    _write(ledger_file, [])
+    assert main(["audit", "show", "bbbb2222", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == "bbbb2222"

@@ -20,6 +20,7 @@ from elaria.errors import ConfigError
 from elaria.lmstudio.rounds import RoundResult
 from elaria.telemetry.events import EventLog, InferenceEvent, cost_usd
 from elaria.telemetry.logging import request_context, run_context
+from elaria.telemetry.query import JsonlReader
 
 
 @pytest.fixture
@@ -275,3 +276,23 @@ async def test_emit_without_start_is_dropped_counted_and_reported_once(
     assert not log.emit(_event())
     assert log.stats()["dropped_not_running"] == 2
     assert sum("not running" in r["message"] for r in records) == 1
+
+
+async def test_the_event_log_rotates_and_readers_see_every_file_in_order(tmp_path: Path) -> None:
+    async with EventLog("logs/e.jsonl", rotate_bytes=4_000, keep=3) as log:
+        for i in range(100):
+            log.round(_round(i), request_id=f"req-{i:03d}")
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+    names = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert names == ["e.jsonl", "e.jsonl.1", "e.jsonl.2", "e.jsonl.3"]
+    ids = [e["request_id"] for e in JsonlReader(tmp_path / "logs" / "e.jsonl", True)]
+    assert ids == sorted(ids)  # oldest file first, each in order
+    assert ids[-1] == "req-099"
+    assert len(ids) < 100  # the oldest files were let go: the log is bounded
+
+
+def test_from_settings_rotates_at_the_logging_size() -> None:
+    log = EventLog.from_settings(Settings(logging=LoggingSettings(rotation_mb=3)))
+    assert log.stats()["path"].endswith("inference.jsonl")
+    assert log._writer.file._max_bytes == 3 * 1024 * 1024

@@ -24,6 +24,7 @@ from elaria.lmstudio.rounds import (
 )
 from elaria.memory.history import ConversationHistory
 from elaria.telemetry.ledger import AuditLedger, RequestContext, preview
+from elaria.telemetry.logging import current_request_id, current_run_id
 
 LMSTUDIO_KEY = "sk-lm-Ab12Cd34:Zy98Xw76Vu54Ts32Rq10"
 OPENAI_KEY = "sk-proj-4fGh7JkL9mNpQrStUvWx0123"
@@ -315,3 +316,13 @@ async def test_an_undecodable_prompt_is_still_recorded(tmp_path: Path) -> None:
         ctx.finish(answer="ok")
     (record,) = _records(tmp_path / "logs" / "audit.jsonl")
     assert record["prompt_preview"] == "read caf\udce9.txt"
+
+
+async def test_log_records_inside_a_request_carry_its_ids() -> None:
+    async with AuditLedger("logs/audit.jsonl") as ledger:
+        assert current_run_id() is None
+        async with ledger.request("p", run_id="run-7") as ctx:
+            assert current_run_id() == "run-7"
+            assert current_request_id() == ctx.request_id
+        assert current_run_id() is None
+        assert current_request_id() is None
