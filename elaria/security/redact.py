@@ -33,7 +33,9 @@ redacted and re-serialised only when something changed):
 * LM Studio keys ``sk-lm-<id>:<secret>`` (whole, including the part after the colon);
   OpenAI/Anthropic-style ``sk-…`` (16+ characters after ``sk-``); GitHub ``ghp_ gho_ ghu_ ghs_
   ghr_ github_pat_``; AWS access key ids (``AKIA…``, ``ASIA…``); JWTs (``eyJ….eyJ….sig``); Slack
-  ``xox?-`` tokens.
+  ``xox?-`` tokens; Google ``AIza…`` keys; Stripe ``sk_live_``/``rk_live_`` (and ``_test_``);
+  PEM private key blocks (``-----BEGIN … PRIVATE KEY-----`` to its END line, or to the end of a
+  text cut short).
 * ``Bearer <credential>`` (credentials of 8+ characters that are not a plain lowercase word, so
   "bearer authentication" in prose stays).
 * URL userinfo: ``scheme://user:[REDACTED]@host``; a user part alone is redacted when it is long
@@ -96,6 +98,9 @@ _TOKEN_FORMATS = re.compile(
     r"(?![A-Za-z0-9])"
     r"|(?<![A-Za-z0-9])eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"
     r"|(?<![A-Za-z0-9])xox[abprs]-[A-Za-z0-9-]{10,}"
+    r"|(?<![A-Za-z0-9])AIza[A-Za-z0-9_-]{35}"
+    r"|(?<![A-Za-z0-9])[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"
+    r"|-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END[A-Z ]*PRIVATE KEY-----|$)"
 )
 _BEARER = re.compile(
     r"\b(?P<scheme>[Bb]earer|BEARER)(?P<sp>\s+)(?!\[REDACTED\])"
@@ -266,7 +271,9 @@ def _has_token_hint(text: str) -> bool:
         "sk-" in text
         or "eyJ" in text
         or "xox" in text
-        or ("_" in text and ("gh" in text or "github_pat_" in text))
+        or "AIza" in text
+        or "-----BEGIN" in text
+        or ("_" in text and ("gh" in text or "_live_" in text or "_test_" in text))
         or ("A" in text and _AWS_PREFIX.search(text) is not None)
     )
 

@@ -256,3 +256,20 @@ def test_property_non_secrets_come_back_unchanged(value: Any) -> None:
 def test_property_token_counts_stay(counts: dict[str, Any]) -> None:
     named = {f"{k}_tokens": v for k, v in counts.items()} | {"max_tokens": 10, "token_count": 3}
     assert redact(named) == named
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "rk_test_51H8xYzAbCdEfGhIjKlMnOp",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx\nabc\n-----END RSA PRIVATE KEY-----",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA",  # cut short
+    ],
+)
+def test_more_provider_formats(secret: str) -> None:
+    out = redact({"note": f"here: {secret} (end)"})["note"]
+    assert out.startswith("here: [REDACTED]")
+    assert secret.splitlines()[-1] not in out
+    assert redact("pk_live_publishable_keys_are_public") == "pk_live_publishable_keys_are_public"
