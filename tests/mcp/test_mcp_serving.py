@@ -24,9 +24,10 @@ Serve = Callable[[Callable[[str], None]], Coroutine[Any, Any, None]]
 async def serving(serve: Serve) -> AsyncIterator[str]:
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(ready.set_result))
+    waiters: set[asyncio.Future[Any]] = {task, ready}
     try:
         async with asyncio.timeout(30):
-            done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()  # raises what stopped it
             pytest.fail("the server stopped before it was ready")
