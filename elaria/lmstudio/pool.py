@@ -24,9 +24,10 @@ async API has no timeouts, and ``session.connected`` stays true on a dead socket
   drops at once cannot cause a hot loop. A plainly refused connect waits at most
   :data:`REFUSED_RETRY_CAP_S`, so a restarted LM Studio is found again within seconds. After
   ``max_attempts`` failures in a row the supervisor rests until the next caller asks.
-* **Callers never wait long for a dead host**: :meth:`ClientPool.lease` waits for an attempt that
-  is under way or due within ``connect_timeout``; otherwise it fails at once with
-  :class:`~elaria.errors.HostDown` (``retry_after`` in the hint), so failover can move on.
+* **Callers never wait long for a dead host**: :meth:`ClientPool.lease` waits (at most
+  ``connect_timeout``) for an attempt that is under way or due within
+  :data:`WAIT_FOR_DUE_ATTEMPT_S`; otherwise it fails at once with
+  :class:`~elaria.errors.HostDown` saying when the next attempt is due, so failover can move on.
 * **In-flight calls on a dying client** fail with ``HostDown`` as soon as it is evicted:
   :meth:`Lease.run` races each await against the eviction and its own deadline.
 * **Model handles** are cached per (host, model) with a TTL, resolved single-flight, and dropped
@@ -82,6 +83,9 @@ HANDLE_CACHE_SIZE = 64
 #: (an LM Studio restart is noticed within seconds); anything that got further (accepted, then
 #: dropped or stalled) follows the full exponential backoff.
 REFUSED_RETRY_CAP_S = 2.0
+#: A reconnect attempt due this soon is worth waiting for; a later one means "fail now" so that
+#: failover can move on to the next target instead of holding the caller.
+WAIT_FOR_DUE_ATTEMPT_S = 0.5
 
 
 @dataclass(eq=False)
@@ -267,12 +271,6 @@ class ClientPool:
         h = self._hosts.get(host)
         return HostState.IDLE if h is None else h.state
 
-    def report_failure(self, host: str, exc: BaseException) -> None:
-        """Tell the pool a call on ``host`` failed outside a lease (triggers a probe)."""
-        h = self._hosts.get(host)
-        if h is not None and h.conn is not None:
-            self._observe_error(h, h.conn, exc)
-
     # ------------------------------------------------------------------ decisions (no await)
 
     def _host(self, url: str) -> _Host:
@@ -354,7 +352,7 @@ class ClientPool:
         budget = self.settings.connect_timeout_ms / 1000
         due_in = max(0.0, h.next_attempt_at - self._clock())
         attempt = h.next_attempt
-        if attempt is None or due_in > budget:
+        if attempt is None or due_in > WAIT_FOR_DUE_ATTEMPT_S:
             raise HostDown(
                 f"not connected; next reconnect attempt in {due_in:.1f} s"
                 + (f" (last error: {h.last_error})" if h.last_error else ""),

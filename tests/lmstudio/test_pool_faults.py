@@ -244,3 +244,26 @@ async def test_connections_dropped_soon_after_opening_do_not_reset_the_backoff(
     # The delays keep doubling (0.1, 0.2, 0.4, 0.8 s) although every connection "worked".
     for gap, floor in zip(gaps, [0.1, 0.2, 0.4, 0.8], strict=False):
         assert gap >= floor * 0.95
+
+
+async def test_a_host_that_went_away_fails_fast_and_says_why(
+    lms_settings: LMStudioSettings, fast_reconnect: ReconnectSettings
+) -> None:
+    engine = ScriptedEngine()
+    recorder = Recorder()
+    async with embedded_server(engine=engine) as server:
+        url = server.ws_url
+        settings = lms_settings.model_copy(update={"hosts": [url]})
+        pool = ClientPool(settings, fast_reconnect, on_event=recorder)
+        await one_round(pool, url, settings)
+    # The server is gone: the pool notices, retries in the background, and callers fail fast.
+    await recorder.wait_for("connect_failed", 1)
+    with pytest.raises(HostDown) as info:
+        await one_round(pool, url, settings)
+    stats = pool.stats()[url]
+    assert stats["state"] in ("down", "reconnecting")
+    assert stats["last_error"]
+    assert stats["last_error_at"]
+    assert "LM Studio is running" in str(info.value)
+    assert url in repr(pool)
+    await pool.close()
