@@ -9,6 +9,7 @@ server's event loop touches it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import string
@@ -78,6 +79,8 @@ class Instance:
     ttl_ms: int | None = None
     last_used_ms: int | None = None
     load_config: list[dict[str, Any]] = field(default_factory=list)
+    #: Set when the instance is unloaded: running predictions stop with ``modelUnloaded``.
+    unloaded: asyncio.Event = field(default_factory=asyncio.Event, compare=False, repr=False)
 
     @property
     def domain(self) -> Domain:

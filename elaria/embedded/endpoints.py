@@ -112,6 +112,7 @@ class Backend:
 
     async def unload_instance(self, identifier: str) -> None:
         inst = self.catalogue.remove(identifier)
+        inst.unloaded.set()
         self._model_locks.pop(identifier, None)
         if self.catalogue.instances_of(inst.spec.model_key) == 0:
             await self.engine.unload(inst.spec.model_key)

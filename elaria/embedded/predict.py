@@ -5,6 +5,9 @@ Sequence per prediction: (JIT load) -> wait for the model's queue -> ``promptPro
 ``success`` (stats, modelInfo, loadModelConfig, predictionConfig echoing the client's
 ``apiOverride`` layer). An :class:`EngineError` ends the channel with ``channelError`` instead.
 
+Unloading the instance mid-prediction stops the engine the same way and ends with
+``stopReason: "modelUnloaded"`` (also for requests still queued for it).
+
 Cancellation: a ``cancel`` from the client (``channel.cancelled``) stops the engine (its
 iterator is closed) and still ends with ``success``, ``stopReason: "userStopped"``, as the real
 server does; a cancel that arrives while queued skips the engine altogether. A channel the SDK
@@ -111,8 +114,11 @@ async def handle_predict(
         else:
             if lock is not None:
                 stack.push_async_callback(_release, lock)
-            backend.touch(inst)
-            await _run_engine(backend, channel, request, progress, on_fragment)
+            if inst.unloaded.is_set():  # unloaded while this request waited in the queue
+                progress.stop_reason = "modelUnloaded"
+            else:
+                backend.touch(inst)
+                await _run_engine(backend, channel, inst, request, progress, on_fragment)
     await channel.send(_success(inst, progress, echoed))
 
 
@@ -154,6 +160,7 @@ def _drop_acquire(lock: asyncio.Lock, acquire: asyncio.Future[Any]) -> None:
 async def _run_engine(
     backend: Backend,
     channel: ChannelLike,
+    inst: Instance,
     request: PredictRequest,
     progress: _Progress,
     on_fragment: Callable[[int], Any] | None,
@@ -174,15 +181,17 @@ async def _run_engine(
     events = backend.engine.predict(request)
     consume = asyncio.ensure_future(_consume(events, channel, progress, on_fragment))
     cancel = asyncio.ensure_future(channel.cancelled.wait())
+    unload = asyncio.ensure_future(inst.unloaded.wait())
     try:
-        await asyncio.wait({consume, cancel}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({consume, cancel, unload}, return_when=asyncio.FIRST_COMPLETED)
         if not consume.done():
             consume.cancel()
-            progress.stop_reason = "userStopped"
+            progress.stop_reason = "userStopped" if cancel.done() else "modelUnloaded"
         with contextlib.suppress(asyncio.CancelledError):
             await consume
     finally:
         cancel.cancel()
+        unload.cancel()
         if not consume.done():
             # the socket died: stop the engine and let it unwind before closing its iterator
             consume.cancel()

@@ -356,3 +356,25 @@ async def test_cancel_while_queued_never_reaches_the_engine(
     assert stopped.stats.stop_reason == "userStopped"
     assert stopped.content == ""
     assert len(engine.requests) == 1
+
+
+async def test_unload_mid_prediction_stops_with_model_unloaded(
+    srv: EmbeddedServer, client: lmstudio.AsyncClient
+) -> None:
+    gate = asyncio.Event()
+    engine = engine_of(srv)
+    engine.script(reply("a b c", gate=gate, gate_after=1), reply("never"))
+    async with asyncio.timeout(WAIT):
+        model = await client.llm.model(DEFAULT_LLM_KEY)
+        running = asyncio.create_task(model.respond("1"))
+        await engine.wait_for_requests(1)
+        queued = await model.respond_stream("2")
+        async with queued:
+            await client.llm.unload(DEFAULT_LLM_KEY)
+            async for _fragment in queued:
+                pass
+        first = await running
+    assert first.stats.stop_reason == "modelUnloaded"
+    assert first.content == "a"
+    assert queued.result().stats.stop_reason == "modelUnloaded"
+    assert engine.log == [("start", 1), ("stopped", 1)]
