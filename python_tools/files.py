@@ -14,6 +14,7 @@ no mutable state and may serve concurrent calls.
 
 from __future__ import annotations
 
+import codecs
 import mimetypes
 import os
 import secrets
@@ -334,10 +335,11 @@ def _looks_binary(head: bytes) -> bool:
     if b"\x00" in head:
         return True
     try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # A multi-byte character cut by the sniff window is still text.
-        return exc.start < len(head) - 3
+        # A multi-byte character cut by the sniff window is still text; a head shorter than
+        # the window is the whole file, where a cut character is an error.
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < SNIFF_BYTES)
+    except UnicodeDecodeError:
+        return True
     return False
 
 

@@ -110,6 +110,10 @@ def test_read_file_detects_binary(files: FileTools, workspace: Path) -> None:
     assert "content" not in result
     (workspace / "latin1.txt").write_bytes("café".encode("latin-1") * 10)
     assert files.read_file("latin1.txt")["binary"] is True
+    (workspace / "short-latin1.txt").write_bytes("café".encode("latin-1"))
+    assert files.read_file("short-latin1.txt")["binary"] is True
+    (workspace / "cut.txt").write_bytes(b"a" * 8191 + "é".encode())  # é cut by the sniff window
+    assert "content" in files.read_file("cut.txt")
     (workspace / "utf8.txt").write_text("café ☕")
     assert files.read_file("utf8.txt")["content"] == "café ☕"
 
