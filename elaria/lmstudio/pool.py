@@ -2,12 +2,17 @@
 
 Public API::
 
-    pool = ClientPool(settings.lmstudio, settings.reconnect)
+    pool = ClientPool.from_settings(settings)       # honours security.allowed_remote_hosts
     async with pool:                                  # close() leaves no socket, task or thread
         async with pool.lease("ws://localhost:1234") as lease:
             llm = await pool.model_handle(lease, "qwen2.5-7b-instruct")   # cached, TTL
             models = await lease.run(lease.client.llm.list_loaded(), 2.0, "list loaded")
         pool.stats(); repr(pool)
+
+Hosts are checked before any I/O (:func:`~elaria.lmstudio.connection.check_host`: loopback, or
+in ``security.allowed_remote_hosts``; plaintext remote only with ``allow_plaintext_remote``;
+``wss://`` is refused because lmstudio 1.5 has no TLS). ``lmstudio.api_token`` cannot be sent
+by lmstudio 1.5 (the SDK gains ``api_token`` in 1.6): the pool logs a warning when it is set.
 
 ``on_event(kind, host)`` (optional) is called on the loop for ``connect_attempt``,
 ``connect_failed``, ``connected`` and ``evicted``: telemetry and tests hook in there.
