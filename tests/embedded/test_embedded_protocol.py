@@ -274,3 +274,11 @@ async def test_unknown_namespace_is_404_for_the_sdk(srv: EmbeddedServer) -> None
         async with asyncio.timeout(WAIT), connect(f"{srv.ws_url}/nowhere"):
             pass
     assert info.value.response.status_code == 404
+
+
+@pytest.mark.parametrize("namespace", ["diagnostics", "plugins", "runtime", "repository"])
+async def test_quiet_namespaces_accept_and_only_warn(srv: EmbeddedServer, namespace: str) -> None:
+    async with raw_session(srv.api_host, namespace) as session:
+        assert session.auth_reply == {"success": True}
+        reply = await session.rpc("somethingElse")
+    assert reply["type"] == "communicationWarning"
