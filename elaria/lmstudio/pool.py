@@ -328,7 +328,9 @@ class ClientPool:
             h.handles.clear()
             h.state = HostState.RECONNECTING
         h.wake.set()
-        logger.bind(kind="pool", host=h.url).warning("evicted client of {}: {}", h.url, reason)
+        # Closing on shutdown or idleness is routine; anything else is worth a warning.
+        level = "DEBUG" if reason in ("pool closing", "idle", "stopping") else "WARNING"
+        logger.bind(kind="pool", host=h.url).log(level, "closed client of {}: {}", h.url, reason)
         self._emit("evicted", h)
 
     def _emit(self, kind: str, h: _Host) -> None:
