@@ -264,6 +264,11 @@ class ServerSupervisor:
                 return
             self.state = "restarting"
             delay = self._backoff.next_delay()
+            # The child's exit set it; only aclose() may cut the delay short (it sets the flag
+            # before waking us, so clearing here cannot lose a close).
+            self._wake.clear()
+            if self._is_closing():
+                return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -311,9 +316,9 @@ class ServerSupervisor:
                     self._client = None
                     self._ready.clear()
                     self._backoff.disconnected()
-                # Record the reason before teardown so calls failing now can quote it.
-                self.last_error = reason
-                if not self._closing:
+                if not self._is_closing():
+                    # Before teardown, so calls failing right now can quote it.
+                    self.last_error = reason
                     self.state = "restarting"
                 return reason
         if scope.cancelled_caught:

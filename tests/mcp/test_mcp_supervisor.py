@@ -65,6 +65,8 @@ async def test_kill_mid_call_fails_fast_restarts_and_next_call_succeeds(
     finally:
         await sup.aclose()
     assert not process_running(first_pid)
+    # Closing does not overwrite what went wrong last.
+    assert "killed by signal 9" in (sup.stats().last_error or "")
 
 
 async def test_call_to_a_down_server_fails_at_once(fast_settings: McpSettings) -> None:
