@@ -6,7 +6,7 @@ The agent loop fills a :class:`RequestContext` as the run goes, and hands it to 
     ledger = AuditLedger.from_settings(settings)   # path checked: ConfigError if outside
     await ledger.start()
 
-    ctx = RequestContext.begin(task, run_id=run_id)          # hashes and previews the prompt
+    ctx = ledger.begin(task, run_id=run_id)      # hashes and previews the prompt
     try:
         ...
         ctx.model_call(host, model, latency_s=dt, tokens_in=p, tokens_out=c, request_id=rid)
@@ -57,8 +57,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, nullcontext
@@ -73,6 +71,8 @@ from loguru import logger
 from elaria.errors import RunCancelled
 from elaria.security.redact import redact, redact_text
 from elaria.telemetry.events import ROTATED_FILES_KEPT
+from elaria.telemetry.ledger_observe import OBSERVERS
+from elaria.telemetry.ledger_sqlite import SqliteLedgerStore
 from elaria.telemetry.logging import current_run_id, new_id, request_context, run_context
 from elaria.telemetry.paths import resolve_telemetry_path
 from elaria.telemetry.writer import JsonlFile, LineWriter
@@ -278,6 +278,15 @@ class RequestContext:
         if self.outcome is None:
             self.outcome = outcome or self._infer_outcome(error)
 
+    def set_answer(self, text: str) -> None:
+        """The answer as it is known (the final one wins); redacted and truncated here."""
+        self.answer_preview = preview(text, self.answer_preview_chars)
+
+    def set_error(self, error_class: str, message: str) -> None:
+        """The error that ended the run, by class name and message (redacted here)."""
+        self.error_class = error_class
+        self.error = preview(message, self.answer_preview_chars)
+
     def _infer_outcome(self, error: BaseException | None) -> Outcome:
         if isinstance(error, asyncio.CancelledError | RunCancelled):
             return "cancelled"
@@ -300,7 +309,7 @@ class RequestContext:
         kind = getattr(event, "kind", None)
         if kind == "round_finished" and self._direct_calls:
             return
-        handler = _OBSERVERS.get(kind) if isinstance(kind, str) else None
+        handler = OBSERVERS.get(kind) if isinstance(kind, str) else None
         if handler is not None:
             handler(self, event)
 
@@ -399,100 +408,6 @@ class RequestContext:
         target.append(redact(entry))
 
 
-# --------------------------------------------------------------------------- agent events
-
-
-def _args_of(ctx: RequestContext, event: Any) -> Any:
-    return ctx._pending_args.get(getattr(event, "call_id", ""), getattr(event, "arguments", None))
-
-
-def _on_round_finished(ctx: RequestContext, e: Any) -> None:
-    ctx.model_call(
-        e.host,
-        e.model,
-        latency_s=e.seconds,
-        tokens_in=e.prompt_tokens,
-        tokens_out=e.predicted_tokens,
-    )
-
-
-def _on_requested(ctx: RequestContext, e: Any) -> None:
-    ctx._pending_args[e.call_id] = e.arguments
-
-
-def _on_repaired(ctx: RequestContext, e: Any) -> None:
-    ctx._pending_args[e.call_id] = e.arguments
-    ctx.event("repair", tool=e.tool, call_id=e.call_id, method=e.method)
-
-
-def _on_approved(ctx: RequestContext, e: Any) -> None:
-    ctx.event("approval", tool=e.tool, call_id=e.call_id, by=e.by, rule=e.rule)
-
-
-def _on_denied(ctx: RequestContext, e: Any) -> None:
-    kind = "validator_refusal" if e.by == "validator" else "denial"
-    ctx.event(kind, tool=e.tool, call_id=e.call_id, by=e.by, reason=e.reason)
-    outcome = "refused" if e.by == "validator" else "denied"
-    ctx.tool_call(e.tool, _args_of(ctx, e), outcome, None, call_id=e.call_id)
-    ctx._pending_args.pop(e.call_id, None)
-
-
-def _on_started(ctx: RequestContext, e: Any) -> None:
-    ctx._pending_args[e.call_id] = e.arguments
-
-
-def _on_tool_finished(ctx: RequestContext, e: Any) -> None:
-    ctx.tool_call(e.tool, _args_of(ctx, e), "ok", e.seconds, call_id=e.call_id)
-    ctx._pending_args.pop(e.call_id, None)
-
-
-def _on_tool_failed(ctx: RequestContext, e: Any) -> None:
-    ctx.event("tool_error", tool=e.tool, call_id=e.call_id, error_class=e.error_class)
-    outcome = "timeout" if "Timeout" in e.error_class else "error"
-    ctx.tool_call(
-        e.tool, _args_of(ctx, e), outcome, None, error_class=e.error_class, call_id=e.call_id
-    )
-    ctx._pending_args.pop(e.call_id, None)
-
-
-def _on_resilience(ctx: RequestContext, e: Any) -> None:
-    detail = dict(e.detail) if isinstance(e.detail, Mapping) else {"detail": e.detail}
-    detail.pop("kind", None)
-    detail.pop("action", None)
-    ctx.event(str(e.action), **detail)
-
-
-def _on_trimmed(ctx: RequestContext, e: Any) -> None:
-    ctx.event("trim", dropped_messages=e.dropped_messages, tokens=e.tokens)
-
-
-def _on_answer(ctx: RequestContext, e: Any) -> None:
-    ctx.answer_preview = preview(e.text, ctx.answer_preview_chars)
-
-
-def _on_failed(ctx: RequestContext, e: Any) -> None:
-    ctx.error_class = "CancelledError" if e.error_class == "cancelled" else e.error_class
-    ctx.error = preview(e.message, ctx.answer_preview_chars)
-    if e.error_class == "cancelled":
-        ctx.finish("cancelled")
-
-
-_OBSERVERS: Final[dict[str, Callable[[RequestContext, Any], None]]] = {
-    "round_finished": _on_round_finished,
-    "tool_call_requested": _on_requested,
-    "tool_call_repaired": _on_repaired,
-    "tool_call_approved": _on_approved,
-    "tool_call_denied": _on_denied,
-    "tool_call_started": _on_started,
-    "tool_call_finished": _on_tool_finished,
-    "tool_call_failed": _on_tool_failed,
-    "resilience": _on_resilience,
-    "history_trimmed": _on_trimmed,
-    "final_answer": _on_answer,
-    "run_failed": _on_failed,
-}
-
-
 # --------------------------------------------------------------------------- the ledger
 
 
@@ -517,7 +432,7 @@ class AuditLedger:
         self.prompt_preview_chars = prompt_preview_chars
         self.answer_preview_chars = answer_preview_chars
         self.arguments_preview_chars = arguments_preview_chars
-        self._store = _SqliteStore(self.sqlite_path) if self.sqlite_path else None
+        self._store = SqliteLedgerStore(self.sqlite_path) if self.sqlite_path else None
         self._writer = LineWriter(
             JsonlFile(self.path, max_bytes=rotate_bytes, keep=keep, on_failure=_report_failure),
             queue_size=queue_size,
@@ -643,80 +558,3 @@ class AuditLedger:
 
 def _report_failure(text: str) -> None:
     logger.bind(kind="telemetry").error(f"audit ledger: {text}")
-
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS requests (
-    request_id TEXT PRIMARY KEY, run_id TEXT, started TEXT, finished TEXT, outcome TEXT,
-    latency_ms REAL, model_calls INTEGER, final_host TEXT, final_model TEXT, error_class TEXT,
-    record TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS requests_run ON requests(run_id);
-CREATE INDEX IF NOT EXISTS requests_outcome ON requests(outcome);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, started TEXT, finished TEXT, outcome TEXT, record TEXT NOT NULL);
-"""
-
-
-class _SqliteStore:
-    """The optional query mirror. Used only from the writer's worker thread (one at a time)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def open(self) -> None:
-        with self._lock:
-            if self._db is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-                db.executescript(_SCHEMA)
-                self._db = db
-
-    def write_lines(self, lines: list[bytes]) -> None:
-        self.open()
-        with self._lock:
-            assert self._db is not None
-            db = self._db
-            db.execute("BEGIN")
-            try:
-                for line in lines:
-                    rec = json.loads(line)
-                    if rec.get("record") == "run":
-                        db.execute(
-                            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
-                            (
-                                rec["run_id"],
-                                rec["started"],
-                                rec["finished"],
-                                rec["outcome"],
-                                line.decode(),
-                            ),
-                        )
-                    else:
-                        db.execute(
-                            "INSERT OR REPLACE INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            (
-                                rec["request_id"],
-                                rec["run_id"],
-                                rec["started"],
-                                rec["finished"],
-                                rec["outcome"],
-                                rec["latency_ms"],
-                                rec["model_calls"],
-                                rec["final_host"],
-                                rec["final_model"],
-                                rec["error_class"],
-                                line.decode(),
-                            ),
-                        )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
