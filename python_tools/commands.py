@@ -96,7 +96,8 @@ class CommandTools:
                 "Answer without it.",
             )
         limit = self.limits
-        timeout = min(timeout_s or limit.default_timeout_s, limit.max_timeout_s)
+        timeout = limit.default_timeout_s if timeout_s is None else timeout_s
+        timeout = min(timeout, limit.max_timeout_s)
         if timeout <= 0:
             raise tool_error("run_command", "timeout_s must be positive", "Use a few seconds.")
         argv = [

@@ -88,12 +88,13 @@ class PathGuard:
         """
         text = self._as_text(path)
         check_path_text(text)  # first, so the readings below work on bounded input
-        forms = readings(text)
+        anchor, rest = self._anchor(text)
+        forms = readings(rest)
         for form in forms:
             check_path_text(form)
             check_windows_forms(form)
         for form in forms[1:]:
-            if self._root_of(os.path.realpath(os.path.join(self._base, form))) is None:
+            if self._root_of(os.path.realpath(os.path.join(anchor, form))) is None:
                 raise refuse(
                     "path.escape",
                     f"the path {text!r} leaves the workspace when decoded or normalised "
@@ -314,6 +315,21 @@ class PathGuard:
         return fd
 
     # ---------------------------------------------------------------- helpers
+
+    def _anchor(self, text: str) -> tuple[str, str]:
+        """(directory, the part of ``text`` after it) for the reading checks.
+
+        An absolute path that starts with a root (whole components) is checked only after the
+        root: the operator chose the root's own name, and it may contain what a model's path
+        may not (a ':', a 'con' directory). Containment is still decided on the whole path.
+        """
+        if os.path.isabs(text):
+            for root in self._roots:
+                if text == root:
+                    return root, "."
+                if text.startswith(root.rstrip(os.sep) + os.sep):
+                    return root, text[len(root.rstrip(os.sep)) + 1 :] or "."
+        return self._base, text
 
     def _root_of(self, real: str) -> str | None:
         for root in self._roots:

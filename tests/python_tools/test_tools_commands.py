@@ -114,6 +114,8 @@ def test_environment_is_minimal(workspace: Path, monkeypatch: pytest.MonkeyPatch
 def test_bad_timeout(workspace: Path) -> None:
     with pytest.raises(ToolExecutionError, match="positive"):
         _tools(workspace, "cat").run_command("cat", ["notes.md"], timeout_s=-1)
+    with pytest.raises(ToolExecutionError, match="positive"):
+        _tools(workspace, "cat").run_command("cat", ["notes.md"], timeout_s=0)
 
 
 def test_stdin_is_closed(workspace: Path) -> None:

@@ -281,3 +281,19 @@ def test_property_safe_names_resolve_inside(guard: PathGuard, workspace: Path, n
     real = guard.resolve(name, for_write=True)
     assert os.path.commonpath([workspace.resolve(), real]) == str(workspace.resolve())
     assert real.name == name
+
+
+def test_a_root_whose_own_name_a_model_could_not_use(tmp_path: Path) -> None:
+    root = tmp_path / "proj:v2" / "con"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.txt").write_text("x")
+    guard = PathGuard([root])
+    assert guard.resolve(str(root / "sub" / "a.txt")) == root.resolve() / "sub" / "a.txt"
+    assert guard.resolve("sub/a.txt") == root.resolve() / "sub" / "a.txt"
+    assert guard.resolve(str(root)) == root.resolve()
+    with pytest.raises(SecurityViolation) as info:
+        guard.resolve(str(root / "sub" / "b:stream"), for_write=True)
+    assert info.value.rule == "path.windows_stream"
+    with pytest.raises(SecurityViolation) as info:
+        guard.resolve(str(root / "%2e%2e" / "%2e%2e" / "x"), for_write=True)
+    assert info.value.rule == "path.escape"
