@@ -15,7 +15,7 @@ from mcp import Client
 from elaria.config import Settings
 from elaria.mcp import fixture_server as fixture
 from elaria.mcp.serving import serve_builtin, serve_proxy
-from elaria.mcp.testing import fixture_server
+from elaria.mcp.testing import fixture_server, node_packages_problem
 
 Serve = Callable[[Callable[[str], None]], Coroutine[Any, Any, None]]
 
@@ -106,3 +106,14 @@ def test_fixture_server_protocol() -> None:
         fixture._answer({"method": "tools/call", "params": {"name": "nope"}}, "serve")
     with pytest.raises(LookupError, match="method not found"):
         fixture._answer({"method": "resources/list"}, "serve")
+
+
+def test_missing_node_packages_name_the_command_to_run(tmp_path: Path) -> None:
+    problem = node_packages_problem(tmp_path, ["@modelcontextprotocol/sdk"])
+    assert problem is not None
+    assert "@modelcontextprotocol/sdk" in problem
+    assert "npm ci --prefix tests/interop" in problem
+    package = tmp_path / "node_modules" / "@modelcontextprotocol" / "sdk"
+    package.mkdir(parents=True)
+    (package / "package.json").write_text("{}")
+    assert node_packages_problem(tmp_path, ["@modelcontextprotocol/sdk"]) is None
