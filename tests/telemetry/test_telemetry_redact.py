@@ -273,3 +273,36 @@ def test_more_provider_formats(secret: str) -> None:
     assert out.startswith("here: [REDACTED]")
     assert secret.splitlines()[-1] not in out
     assert redact("pk_live_publishable_keys_are_public") == "pk_live_publishable_keys_are_public"
+
+
+_TEMPLATES = (
+    "password={v}",
+    "db_password: '{v}'",
+    "https://bob:{v}@example.com/x",
+    "https://example.com/cb?code=1&access_token={v}&state=2",
+    "Authorization: Bearer {v}",
+    "Cookie: session={v}",
+    '{{"client_secret": "{v}", "n": 1}}',
+    "X-Api-Key: {v}",
+)
+
+
+@settings(max_examples=200)
+@given(
+    template=st.sampled_from(_TEMPLATES),
+    value=st.text(
+        alphabet="ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjkmnpqrstuvwxyz23456789", min_size=8, max_size=30
+    ).map(lambda v: "Zq9" + v),
+    wrap=st.sampled_from(["plain", "dict", "list", "pair"]),
+)
+def test_property_keyed_secrets_never_survive(template: str, value: str, wrap: str) -> None:
+    text = template.format(v=value)
+    if wrap == "dict":
+        subject: Any = {"log": {"line": text}}
+    elif wrap == "list":
+        subject = ["prefix", [text]]
+    elif wrap == "pair":
+        subject = {"headers": [("Authorization", f"Bearer {value}"), ("X-Note", text)]}
+    else:
+        subject = text
+    assert value not in _dump(redact(subject))
