@@ -91,7 +91,7 @@ def builtin_tools(
         Tool.from_function(files.write_file, arg_kinds={"path": "path"}),
         Tool.from_function(files.search_text, arg_kinds={"path": "path"}),
         Tool.from_function(files.file_info, arg_kinds={"path": "path"}),
-        Tool.from_function(sql.list_tables, cacheable=True),
+        Tool.from_function(sql.list_tables),
         Tool.from_function(sql.describe_table),
         Tool.from_function(sql.sql_query, arg_kinds={"sql": "sql"}),
         Tool.from_function(notes.add_note),
