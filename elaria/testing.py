@@ -35,13 +35,14 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -51,7 +52,14 @@ from elaria.embedded.faults import Faults
 from elaria.embedded.scripted import ScriptedEngine
 from elaria.embedded.server import EmbeddedServer
 
-__all__ = ["RawSession", "ServerProcess", "embedded_server", "raw_session"]
+__all__ = [
+    "RawSession",
+    "ServerProcess",
+    "closed_api_host",
+    "embedded_server",
+    "raw_session",
+    "silent_api_host",
+]
 
 #: Bound on every wait of :class:`RawSession`: generous, for a busy CI machine.
 RAW_TIMEOUT_S = 10.0
@@ -311,6 +319,24 @@ class ServerProcess:
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)
         self._stderr.close()
+
+
+def closed_api_host() -> str:
+    """``127.0.0.1:PORT`` with nothing listening (connection refused), for "host down" tests.
+    The port was free a moment ago; another process could take it, which is harmless here."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextmanager
+def silent_api_host() -> Iterator[str]:
+    """``127.0.0.1:PORT`` of a socket that listens and never accepts: the kernel completes
+    TCP handshakes, nobody answers (the SDK's greeting probe raises ``httpx.ReadTimeout``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 # ---------------------------------------------------------------------- pytest fixtures

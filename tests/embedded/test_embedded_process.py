@@ -13,7 +13,7 @@ import lmstudio
 import pytest
 
 from elaria.embedded import DEFAULT_LLM_KEY
-from elaria.testing import ServerProcess
+from elaria.testing import ServerProcess, closed_api_host, silent_api_host
 
 NOTICE = 5.0
 WAIT = 20.0
@@ -109,3 +109,12 @@ def test_bad_flags_are_a_clear_error_not_a_traceback() -> None:
     assert done.returncode == 2
     assert "sk-lm-" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_closed_and_silent_hosts() -> None:
+    with pytest.raises(lmstudio.LMStudioClientError, match="not reachable"):
+        async with asyncio.timeout(NOTICE), lmstudio.AsyncClient(closed_api_host()):
+            pass
+    with silent_api_host() as host, pytest.raises(httpx.ReadTimeout):
+        async with asyncio.timeout(NOTICE), lmstudio.AsyncClient(host):
+            pass

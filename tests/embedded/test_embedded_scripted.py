@@ -151,8 +151,10 @@ def test_public_surface() -> None:
     assert set(elaria.testing.__all__) == {
         "RawSession",
         "ServerProcess",
+        "closed_api_host",
         "embedded_server",
         "raw_session",
+        "silent_api_host",
     }
     for name in elaria.embedded.__all__:
         assert hasattr(elaria.embedded, name)
