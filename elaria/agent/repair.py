@@ -135,22 +135,45 @@ def repair_call(
 
 
 def repair_arguments(tool: Tool, arguments: Any) -> dict[str, Any]:
-    """Validate ``arguments``; if they arrive as JSON text (a common slip), parse it leniently.
+    """Validate ``arguments``; mend two common slips first if they fail: JSON text instead of
+    an object (parsed leniently), and argument names in another case style (``startLine`` for
+    ``start_line``).
 
     Raises :class:`ToolArgumentsError` with the schema's complaint when nothing fits.
     """
     try:
         return tool.validate(arguments if arguments is not None else {})
     except ToolArgumentsError as first:
-        if not isinstance(arguments, str):
-            raise
-        try:
-            parsed = loads_lenient(arguments)
-        except ValueError:
-            raise first from None
+        parsed: Any = arguments
+        if isinstance(arguments, str):
+            try:
+                parsed = loads_lenient(arguments)
+            except ValueError:
+                raise first from None
         if not isinstance(parsed, Mapping):
             raise first from None
-        return tool.validate(parsed)
+        renamed = _match_argument_names(tool, parsed)
+        if renamed == parsed and parsed is arguments:
+            raise
+        try:
+            return tool.validate(renamed)
+        except ToolArgumentsError:
+            raise first from None
+
+
+def _match_argument_names(tool: Tool, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """``startLine`` for ``start_line`` and back: names that differ only in case style."""
+    known = set((tool.parameters.get("properties") or {}).keys())
+    by_key = {_name_key(name): name for name in known}
+    fixed: dict[str, Any] = {}
+    for name, value in arguments.items():
+        target = name if name in known else by_key.get(_name_key(name), name)
+        fixed.setdefault(target, value)
+    return fixed
+
+
+def _name_key(name: str) -> str:
+    return name.replace("_", "").replace("-", "").lower()
 
 
 def candidates(raw: str, *, name_hint: str | None = None) -> Iterator[Candidate]:

@@ -13,7 +13,6 @@ leaves a half-made workspace.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import tempfile
@@ -65,7 +64,7 @@ def ensure_sample_workspace(workspace: Path) -> bool:
 
 def builtin_tools(settings: Settings, workspace: Path) -> list[Tool]:
     """The built-in python_tools bound to ``workspace``."""
-    # Imported by name: python_tools is a sibling package that imports elaria in turn.
-    module = importlib.import_module("python_tools")
-    tools: list[Tool] = list(module.builtin_tools(workspace, settings=settings))
-    return tools
+    # Imported here: python_tools is a sibling package that imports elaria in turn.
+    from python_tools import builtin_tools as python_builtin_tools
+
+    return python_builtin_tools(workspace, settings=settings)

@@ -74,9 +74,28 @@ def quiet_libraries(settings: Settings) -> None:
     from elaria.telemetry.logging import setup_logging
 
     setup_logging(settings.logging.model_copy(update={"console": False}))
-    # The SDK logs a dropped socket at ERROR through stdlib logging; the pool handles it.
-    logging.getLogger("lmstudio").addHandler(logging.NullHandler())
-    logging.getLogger("lmstudio").propagate = False
+    # Libraries log through stdlib logging (the SDK logs a dropped socket at ERROR, and each
+    # of its classes has its own top-level logger): send it all to our log files instead of the
+    # terminal, where the run's own output is.
+    root = logging.getLogger()
+    root.handlers[:] = [_ToLogFiles()]
+    root.setLevel(logging.INFO)
+
+
+class _ToLogFiles(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        from loguru import logger
+
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string must not break the run
+            message = str(record.msg)
+        logger.bind(kind="library", library=record.name).log(
+            record.levelname if record.levelno in _LEVELS else "INFO", message
+        )
+
+
+_LEVELS = {logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -97,7 +116,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     from elaria.runtime import Runtime
 
     out = Console(highlight=False, soft_wrap=True)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False)
     ui = err if args.json else out
     backend: BackendChoice = args.backend
     events: list[dict[str, Any]] = []

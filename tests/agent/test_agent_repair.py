@@ -151,3 +151,18 @@ def test_text_call_markers() -> None:
     assert looks_like_text_call('<tool_call>{"name": "x"}</tool_call>')
     assert looks_like_text_call("<function=x></function>")
     assert not looks_like_text_call('The answer is {"a": 1}.')
+
+
+def test_argument_names_in_another_case_style_are_matched() -> None:
+    def read_range(file_path: str, start_line: int = 1) -> str:
+        """Read a range."""
+        return file_path
+
+    tool = Tool.from_function(read_range)
+    assert repair_arguments(tool, {"filePath": "a", "startLine": 3}) == {
+        "file_path": "a",
+        "start_line": 3,
+    }
+    assert repair_arguments(tool, '{"FILE_PATH": "a"}') == {"file_path": "a", "start_line": 1}
+    with pytest.raises(ToolArgumentsError, match="unexpected argument 'other'"):
+        repair_arguments(tool, {"filePath": "a", "other": 1})
