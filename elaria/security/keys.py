@@ -26,8 +26,10 @@ FORBIDDEN_JS_NAMES = frozenset({"__proto__", "constructor", "prototype"})
 #: JSON nesting deeper than any honest tool argument; deeper input is refused, not walked.
 MAX_DEPTH = 64
 
-#: Distinct keys whose verdict is remembered: documents repeat the same few keys.
+#: Distinct keys whose verdict is remembered (documents repeat the same few keys), and the
+#: longest key remembered, so the cache stays small whatever the input.
 KEY_VERDICT_CACHE_SIZE = 4096
+CACHED_KEY_CHARS = 128
 
 _DUNDER = re.compile(r"__[A-Za-z0-9_]+__")
 _SEGMENT_SPLIT = re.compile(r"[.\[\]]")
@@ -56,7 +58,11 @@ def check_keys(value: Any) -> None:
         if isinstance(node, Mapping):
             for key, child in node.items():
                 text = key if isinstance(key, str) else str(key)
-                problem = _key_problem(text)
+                problem = (
+                    _key_problem_cached(text)
+                    if len(text) <= CACHED_KEY_CHARS
+                    else _key_problem(text)
+                )
                 if problem is not None:
                     rule, message, severity = problem
                     raise refuse(
@@ -126,7 +132,6 @@ def _embedded_json(text: str, where: _Where) -> Any:
         return None
 
 
-@functools.lru_cache(maxsize=KEY_VERDICT_CACHE_SIZE)
 def _key_problem(key: str) -> tuple[str, str, Severity] | None:
     """(rule, what is wrong and what to do, severity) for a forbidden key, else None."""
     for ch in key:
@@ -150,3 +155,6 @@ def _key_problem(key: str) -> tuple[str, str, Severity] | None:
         if _DUNDER.fullmatch(form):
             return "keys.dunder", "is a Python dunder name; rename the key", "high"
     return None
+
+
+_key_problem_cached = functools.lru_cache(maxsize=KEY_VERDICT_CACHE_SIZE)(_key_problem)

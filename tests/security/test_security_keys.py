@@ -151,3 +151,8 @@ def test_property_a_forbidden_key_anywhere_is_refused(tree: Any, bad: str, path:
         value = [value] if step == "list" else {"wrap": value}
     with pytest.raises(SecurityViolation):
         check_keys({"safe": tree, "payload": value})
+
+
+def test_long_keys_are_checked_the_same_way() -> None:
+    assert _rule({"a" * 500 + ".__proto__": 1}) == "keys.prototype"
+    check_keys({"a" * 500: 1, "b" * 500 + ".constructor_name": 2})
