@@ -28,9 +28,14 @@ def user_data_dir() -> Path:
     return base / "elaria"
 
 
-def allowed_log_dirs() -> tuple[Path, Path]:
-    """The real paths of ``./logs`` (relative to the working directory) and the data dir."""
-    return (Path("logs").resolve(), user_data_dir().resolve())
+def allowed_log_dirs() -> tuple[Path, ...]:
+    """The real paths of ``./logs`` (relative to the working directory) and the data dir (left
+    out when there is no home directory to find it in)."""
+    try:
+        data_dir = user_data_dir().resolve()
+    except RuntimeError:  # no HOME and no passwd entry: only ./logs remains
+        return (Path("logs").resolve(),)
+    return (Path("logs").resolve(), data_dir)
 
 
 def resolve_telemetry_path(candidate: str | os.PathLike[str], *, setting: str) -> Path:
