@@ -47,8 +47,10 @@ DEFAULT_TIME_BUDGET_S = 2.0
 PROGRESS_EVERY_OPS = 1_000
 #: Largest string or blob a statement may build (``zeroblob(1e9)`` would exhaust memory).
 MAX_VALUE_BYTES = 16 * 1024 * 1024
-#: Statements whose text analysis is remembered (models repeat the same few queries).
+#: Statements whose text analysis is remembered (models repeat the same few queries), and the
+#: longest statement remembered, so the cache stays small whatever the input.
 STATEMENT_CACHE_SIZE = 512
+CACHED_SQL_CHARS = 2_000
 #: Rows one call may return before the model is told to narrow the query.
 DEFAULT_MAX_ROWS = 10_000
 
@@ -129,7 +131,11 @@ class SafeSQLite:
         self, sql: str, params: SqlParams = (), *, limit: int
     ) -> tuple[list[dict[str, Any]], bool]:
         """Like :meth:`execute`, but returns at most ``limit`` rows and whether more existed."""
-        statement = _analyse(sql, self.read_only)
+        statement = (
+            _analyse_cached(sql, self.read_only)
+            if len(sql) <= CACHED_SQL_CHARS
+            else _analyse(sql, self.read_only)
+        )
         self._check_params(statement.placeholders, params)
         with self._lock, self._guarded(statement.ctes, sql):
             try:
@@ -339,7 +345,6 @@ class _Statement:
     double_quoted: frozenset[str]
 
 
-@functools.lru_cache(maxsize=STATEMENT_CACHE_SIZE)
 def _analyse(sql: str, read_only: bool) -> _Statement:
     # Refusals raise, and lru_cache never caches an exception: each one is logged again.
     tokens = checked_tokens(sql, read_only=read_only)
@@ -349,6 +354,9 @@ def _analyse(sql: str, read_only: bool) -> _Statement:
         placeholders=tuple(t.text for t in tokens if t.kind == "param"),
         double_quoted=frozenset(t.name for t in tokens if t.kind == "ident" and t.text[0] == '"'),
     )
+
+
+_analyse_cached = functools.lru_cache(maxsize=STATEMENT_CACHE_SIZE)(_analyse)
 
 
 def _positional_count(placeholders: tuple[str, ...]) -> int:
