@@ -390,3 +390,10 @@ def test_check_sql_applies_the_text_rules_without_a_database() -> None:
         with pytest.raises(SecurityViolation) as info:
             check_sql(sql)
         assert info.value.rule == rule
+
+
+def test_long_statements_get_the_same_checks(ro: SafeSQLite) -> None:
+    long_sum = "SELECT " + " + ".join(["1"] * 1_000) + " AS total"
+    assert len(long_sum) > 2_000
+    assert ro.execute(long_sum) == [{"total": 1_000}]
+    assert _rule(ro, long_sum + " FROM users WHERE name = 'x'") == "sql.literal"
