@@ -315,8 +315,11 @@ class RequestContext:
 
     # The vocabulary of the runtime's run recorder (``elaria.agent.recorder``), as thin adapters.
 
-    def record_model_call(self, *, result: RoundResult, seconds: float) -> None:
-        """A round came back: host, model, tokens and latency from its RoundResult."""
+    def record_model_call(
+        self, *, result: RoundResult, seconds: float, request_id: str | None = None
+    ) -> None:
+        """A round came back: host, model, tokens and latency from its RoundResult.
+        ``request_id`` (the round's) links the entry to its inference event line."""
         self._direct_calls = True
         self.model_call(
             result.host,
@@ -325,9 +328,12 @@ class RequestContext:
             tokens_in=result.prompt_tokens,
             tokens_out=result.predicted_tokens,
             provider=result.provider,
+            request_id=request_id,
         )
 
-    def record_model_error(self, *, error: BaseException, seconds: float) -> None:
+    def record_model_error(
+        self, *, error: BaseException, seconds: float, request_id: str | None = None
+    ) -> None:
         """A round failed; host and model come from the error when it carries them."""
         self._direct_calls = True
         self.model_call(
@@ -336,6 +342,7 @@ class RequestContext:
             latency_s=seconds,
             success=False,
             error_class=type(error).__name__,
+            request_id=request_id,
         )
 
     def record_agent_event(self, *, event: Any) -> None:

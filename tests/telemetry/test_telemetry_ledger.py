@@ -128,7 +128,7 @@ def test_a_runaway_record_is_bounded() -> None:
 def test_recorder_adapters_count_each_round_once() -> None:
     ctx = RequestContext.begin("p")
     result = RoundResult(text="t", prompt_tokens=4, predicted_tokens=2, host="h", model="m")
-    ctx.record_model_call(result=result, seconds=0.1)
+    ctx.record_model_call(result=result, seconds=0.1, request_id="round-1")
     # The loop then reports the same round as an event; it must not count twice.
     ctx.record_agent_event(
         event={"kind": "round_finished", "host": "h", "model": "m", "seconds": 0.1}
@@ -137,6 +137,7 @@ def test_recorder_adapters_count_each_round_once() -> None:
     ctx.finish_ok("answer", host="h", model="m")
     record = ctx.to_record()
     assert record["model_calls"] == 2
+    assert record["calls"][0]["request_id"] == "round-1"
     assert record["calls"][1]["error_class"] == "HostDown"
     assert record["calls"][1]["host"] == "ws://x"
     assert record["outcome"] == "success"
