@@ -327,11 +327,26 @@ def _clean_extra(record: Record) -> Mapping[str, Any]:
     return dict(redact(_jsonable(dict(extra))))
 
 
+_PLAIN_TYPES: Final = frozenset({str, int, float, bool, type(None)})
+#: Below this, a bound value is shown by its repr (redaction fails closed deeper still).
+_JSONABLE_DEPTH: Final = 32
+
+
 def _jsonable(value: Any, depth: int = 0) -> Any:
     """Plain JSON types only, so that redaction sees text where an object would hide it."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:  # exact types first: this runs on every bound value
+        return value
+    if kind is dict and depth <= _JSONABLE_DEPTH:
+        return {
+            (k if type(k) is str else str(k)): (
+                v if type(v) in _PLAIN_TYPES else _jsonable(v, depth + 1)
+            )
+            for k, v in value.items()
+        }
     if value is None or isinstance(value, str | int | float | bool):
         return value
-    if depth > 32:
+    if depth > _JSONABLE_DEPTH:
         return repr(value)
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
