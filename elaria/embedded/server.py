@@ -56,6 +56,9 @@ NAMESPACES = (
 )
 #: The real server stops warning after five communicationWarnings per connection.
 MAX_WARNINGS = 5
+#: Inbound frame limit: uploads and long histories arrive as single large frames (websockets'
+#: 1 MiB default would cut them off), but a bound still protects the process.
+MAX_FRAME_BYTES = 256 * 2**20
 #: Bound on the close handshake, so stopping never waits long on a frozen or dead peer.
 CLOSE_TIMEOUT_S = 2.0
 
@@ -100,7 +103,9 @@ class EmbeddedServer:
             self.host,
             self._requested_port,
             process_request=self._process_request,
-            max_size=None,  # uploads and long histories arrive as single large frames
+            max_size=MAX_FRAME_BYTES,
+            # websockets' own flow control would resume reading behind a freeze; our reader
+            # only dispatches, so the queue stays short anyway
             max_queue=None,
             ping_interval=None,  # the SDK pings us; a server ping would also outlive a freeze
             close_timeout=CLOSE_TIMEOUT_S,
