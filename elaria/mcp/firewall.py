@@ -36,32 +36,61 @@ ArgumentValidator = Callable[[Any], None]
 AuditSink = Callable[[dict[str, Any]], None]
 Outcome = Literal["allowed", "refused", "denied", "ok", "error"]
 
+_URL_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 
-def default_validators(roots: Sequence[Path]) -> dict[ArgKind, ArgumentValidator]:
-    """Validators for the tags, built from what :mod:`elaria.security` offers."""
-    import elaria.security as security
+
+def default_validators(
+    roots: Sequence[Path], *, allowed_remote_hosts: Sequence[str] = ()
+) -> dict[ArgKind, ArgumentValidator]:
+    """A validator per tag, from :mod:`elaria.security`.
+
+    * ``path`` — inside ``roots`` (the leaf may not exist yet: a file to create);
+    * ``url`` — ``http``/``ws`` only to loopback, ``https``/``wss`` to ``allowed_remote_hosts``
+      (the LM Studio URL rules of :func:`~elaria.security.validate_ws_url`, by scheme);
+    * ``sql`` — :func:`~elaria.security.check_sql` (read-only rules);
+    * ``shell`` — :func:`~elaria.security.check_shell_arg`.
+
+    No existing root means no ``path`` validator, so path-tagged calls are refused.
+    """
+    from elaria.security import PathGuard, check_shell_arg, check_sql, validate_ws_url
 
     validators: dict[ArgKind, ArgumentValidator] = {}
     existing = [r for r in roots if r.is_dir()]
     if existing:
-        from elaria.security.paths import PathGuard
-
         guard = PathGuard(existing)
 
         def path(value: Any) -> None:
-            # for_write: the leaf may not exist yet (a file to create) but must stay inside.
             guard.resolve(str(value), for_write=True)
 
         validators["path"] = path
-    shell = getattr(security, "check_shell_arg", None)
-    if shell is not None:
-        validators["shell"] = lambda value: shell(str(value))
-    url = getattr(security, "validate_url", None) or getattr(security, "validate_ws_url", None)
-    if url is not None:
-        validators["url"] = lambda value: url(str(value))
-    sql = getattr(security, "check_sql", None)
-    if sql is not None:
-        validators["sql"] = lambda value: sql(str(value))
+
+    def url(value: Any) -> None:
+        text = str(value)
+        scheme, sep, rest = text.partition("://")
+        mapped = _URL_SCHEMES.get(scheme.lower()) if sep else None
+        if mapped is None:
+            raise SecurityViolation(
+                "url.scheme", f"the URL {text[:200]!r} must start with http(s):// or ws(s)://"
+            )
+        try:
+            validate_ws_url(f"{mapped}://{rest}", allowed_remote_hosts=allowed_remote_hosts)
+        except SecurityViolation as exc:
+            raise SecurityViolation(
+                exc.rule,
+                f"the URL {text[:200]!r} is not allowed: plain http only to localhost, https "
+                "only to a host listed in security.allowed_remote_hosts",
+                value=exc.value,
+            ) from exc
+
+    def sql(value: Any) -> None:
+        check_sql(str(value))
+
+    def shell(value: Any) -> None:
+        check_shell_arg(str(value))
+
+    validators["url"] = url
+    validators["sql"] = sql
+    validators["shell"] = shell
     return validators
 
 

@@ -162,3 +162,20 @@ def test_duplicate_tool_names_rejected() -> None:
 
     with pytest.raises(ValueError, match="unique"):
         build_server("t", [Tool.from_function(a), Tool.from_function(a)])
+
+
+def test_url_sql_and_shell_tags(tmp_path: Path) -> None:
+    validators = default_validators([tmp_path], allowed_remote_hosts=["example.org"])
+    fw = Firewall(max_argument_chars=1_000, validators=validators)
+    kinds: dict[str, Any] = {"url": "url", "sql": "sql", "arg": "shell"}
+    fw.check("fetch", {"url": "http://localhost:8080/x"}, arg_kinds=kinds)
+    fw.check("fetch", {"url": "https://example.org/page"}, arg_kinds=kinds)
+    for bad in ("http://example.org/", "https://evil.test/", "file:///etc/passwd", "gopher://x"):
+        with pytest.raises(ToolRefused, match="URL"):
+            fw.check("fetch", {"url": bad}, arg_kinds=kinds)
+    fw.check("query", {"sql": "SELECT title FROM notes WHERE id = ?"}, arg_kinds=kinds)
+    with pytest.raises(ToolRefused):
+        fw.check("query", {"sql": "ATTACH DATABASE 'x' AS y"}, arg_kinds=kinds)
+    fw.check("run", {"arg": "notes.txt"}, arg_kinds=kinds)
+    with pytest.raises(ToolRefused):
+        fw.check("run", {"arg": "x; rm -rf /"}, arg_kinds=kinds)
