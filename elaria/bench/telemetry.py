@@ -3,8 +3,9 @@
 Reports, all measured in the same run (the machine is shared: compare ratios, not absolutes):
 
 * ``events_per_s`` / ``ledger_records_per_s`` — emits until the writer has flushed everything;
-* ``log_record_us`` — one ``logger.bind(...).info(...)`` through the redacting JSONL sinks, and
-  ``redact_us`` for the redaction of a typical record alone;
+* ``log_record_us`` — one ``logger.bind(...).info(...)`` through the redacting JSONL sinks,
+  ``loguru_null_sink_us`` — the same into a do-nothing sink (loguru's own cost), their ratio
+  ``log_overhead_ratio``, and ``redact_us`` for the redaction of a typical record alone;
 * ``round`` — agent round time through the real :class:`~elaria.runtime.Runtime` (scripted engine
   behind the embedded server, unmodified SDK) with the event log and the audit ledger on vs off,
   runs alternated between two runtimes so drift hits both alike; ``overhead_ratio`` is on/off of
@@ -110,9 +111,20 @@ def _logging(bench_dir: Path, count: int) -> dict[str, Any]:
         log_s = time.perf_counter() - started
     finally:
         reset_logging()
+    # The same records into a sink that does nothing, without our patcher: loguru's own cost.
+    bare = logger.add(lambda message: None, level="INFO")
+    try:
+        started = time.perf_counter()
+        for i in range(count):
+            logger.bind(**record).info(f"tool read_file ok ({i})")
+        bare_s = time.perf_counter() - started
+    finally:
+        logger.remove(bare)
     return {
         "redact_us": round(redact_s / count * 1e6, 2),
         "log_record_us": round(log_s / count * 1e6, 2),
+        "loguru_null_sink_us": round(bare_s / count * 1e6, 2),
+        "log_overhead_ratio": round(log_s / bare_s, 3),
     }
 
 
@@ -124,10 +136,11 @@ async def _rounds(bench_dir: Path, runs: int) -> dict[str, Any]:
         return await _simulated_rounds(bench_dir, runs * 20, reason=repr(exc))
 
 
-def _settings(on: bool) -> Settings:
+def _settings(on: bool, bench_dir: Path) -> Settings:
     return Settings.model_validate(
         {
-            "agent": {"workspace": "ws"},
+            "agent": {"workspace": str(bench_dir / "workspace")},
+            "logging": {"log_dir": str(bench_dir / "runtime-logs")},
             "lmstudio": {"probe_interval_ms": 60_000},
             "telemetry": {"events": on, "ledger": on},
         }
@@ -142,10 +155,16 @@ async def _runtime_rounds(bench_dir: Path, runs: int) -> dict[str, Any]:
     rounds: dict[bool, int] = {True: 0, False: 0}
     async with (
         Runtime(
-            _settings(True), backend="embedded", engine=ScriptedEngine(), builtin_tools=False
+            _settings(True, bench_dir),
+            backend="embedded",
+            engine=ScriptedEngine(),
+            builtin_tools=False,
         ) as on,
         Runtime(
-            _settings(False), backend="embedded", engine=ScriptedEngine(), builtin_tools=False
+            _settings(False, bench_dir),
+            backend="embedded",
+            engine=ScriptedEngine(),
+            builtin_tools=False,
         ) as off,
     ):
         assert on.telemetry is not None
