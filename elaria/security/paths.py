@@ -284,11 +284,13 @@ class PathGuard:
                 raise
 
     def _open_leaf(self, dir_fd: int, leaf: str, flags: int, shown: str) -> int:
+        # O_TRUNC waits until the checks below passed: a refused file must stay as it was.
+        truncate = bool(flags & os.O_TRUNC)
         try:
             # O_NONBLOCK: a FIFO must not hang the open; it is refused below as not regular.
             fd = os.open(
                 leaf,
-                flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                (flags & ~os.O_TRUNC) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                 NEW_FILE_MODE,
                 dir_fd=dir_fd,
             )
@@ -311,7 +313,19 @@ class PathGuard:
                 value=shown,
                 severity="low",
             )
+        if flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
+            # Another name for the same file may live outside every root (a planted hard link).
+            os.close(fd)
+            raise refuse(
+                "path.hardlink",
+                f"{shown!r} has other hard links, possibly outside the workspace; it is not "
+                "modified in place. Write a new file instead",
+                value=shown,
+                severity="high",
+            )
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        if truncate:
+            os.ftruncate(fd, 0)
         return fd
 
     # ---------------------------------------------------------------- helpers

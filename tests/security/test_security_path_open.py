@@ -196,3 +196,16 @@ def test_stat_inside_and_after_a_swap(workspace: Path, outside: Path) -> None:
     with pytest.raises(SecurityViolation) as info:
         SwappingGuard(workspace, swap).stat("notes.md")
     assert info.value.rule == "path.race"
+
+
+def test_a_hard_link_to_an_outside_file_is_not_modified(workspace: Path, outside: Path) -> None:
+    os.link(outside / "notes.md", workspace / "linked.md")
+    guard = PathGuard([workspace])
+    for mode in ("w", "a", "r+"):
+        with pytest.raises(SecurityViolation) as info:
+            guard.open("linked.md", mode)
+        assert info.value.rule == "path.hardlink"
+    assert (outside / "notes.md").read_text() == "SECRET"
+    with guard.open("notes.md", "w") as fh:  # an ordinary file is truncated as usual
+        fh.write("new")
+    assert (workspace / "notes.md").read_text() == "new"
