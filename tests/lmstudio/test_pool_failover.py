@@ -202,3 +202,27 @@ async def test_an_open_breaker_probes_after_its_reset_timeout() -> None:
             clock.advance(5.0)
             assert (await failover.predict(REQUEST)).text == "recovered"
             assert model_breaker.stats()["state"] == "closed"
+
+
+async def test_cancelling_a_failover_round_cancels_it_on_the_server_and_counts_nothing() -> None:
+    engine = ScriptedEngine()
+    gate = asyncio.Event()
+    engine.script(reply("one two three", gate=gate, gate_after=1))
+    async with embedded_server(engine=engine) as server:
+        url = server.ws_url
+        settings = settings_for(url)
+        async with ClientPool(settings.lmstudio, settings.reconnect) as pool:
+            failover = Failover(pool, settings)
+            first = asyncio.Event()
+            task = asyncio.create_task(failover.predict(REQUEST, on_fragment=lambda _: first.set()))
+            await asyncio.wait_for(first.wait(), 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with asyncio.timeout(5):
+                while ("stopped", 1) not in engine.log:
+                    await asyncio.sleep(0.01)
+            breakers = failover.stats()["breakers"]
+    assert breakers["hosts"][url]["consecutive_failures"] == 0
+    assert breakers["models"][f"{url}/scripted-llm"]["consecutive_failures"] == 0
+    assert breakers["hosts"][url]["state"] == "closed"
