@@ -27,7 +27,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -64,6 +64,7 @@ class McpBridge:
         max_argument_chars: int = DEFAULT_MAX_ARGUMENT_CHARS,
         restart_initial_delay_s: float | None = None,
         ask_means_deny: bool = False,
+        allowed_remote_hosts: Sequence[str] = (),
     ) -> None:
         self.config = config
         self.settings = settings or McpSettings()
@@ -72,6 +73,7 @@ class McpBridge:
         self._audit = audit
         self._max_argument_chars = max_argument_chars
         self._ask_means_deny = ask_means_deny
+        self._allowed_remote_hosts = tuple(allowed_remote_hosts)
         delay = restart_initial_delay_s
         if delay is None:
             delay = RESTART_INITIAL_DELAY_S
@@ -165,7 +167,9 @@ class McpBridge:
             roots = self.config.servers[server].roots or [self._workspace]
             self._firewalls[server] = Firewall(
                 max_argument_chars=self._max_argument_chars,
-                validators=default_validators(roots),
+                validators=default_validators(
+                    roots, allowed_remote_hosts=self._allowed_remote_hosts
+                ),
                 audit=self._audit,
                 ask_means_deny=self._ask_means_deny,
             )

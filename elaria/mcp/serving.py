@@ -95,7 +95,9 @@ def _firewall(settings: Settings, workspace: Path, audit: AuditSink | None) -> F
     roots = [workspace, *settings.security.allowed_roots]
     return Firewall(
         max_argument_chars=settings.agent.max_argument_chars,
-        validators=default_validators(roots),
+        validators=default_validators(
+            roots, allowed_remote_hosts=settings.security.allowed_remote_hosts
+        ),
         audit=audit,
     )
 
@@ -140,6 +142,7 @@ async def serve_proxy(
         audit=LedgerAudit(ledger),
         max_argument_chars=settings.agent.max_argument_chars,
         ask_means_deny=True,
+        allowed_remote_hosts=settings.security.allowed_remote_hosts,
     )
     try:
         tools = await bridge.start()
