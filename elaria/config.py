@@ -230,6 +230,18 @@ class SecuritySettings(_Section):
         default_factory=list, description="extra roots tools may touch besides the workspace"
     )
     allowed_remote_hosts: list[str] = Field(default_factory=list)
+    command_cpu_seconds: int = Field(
+        default=10, ge=1, le=3_600, description="run_command: CPU seconds (RLIMIT_CPU)"
+    )
+    command_memory_mb: int = Field(
+        default=512, ge=16, le=1_048_576, description="run_command: address space (RLIMIT_AS)"
+    )
+    command_output_bytes: int = Field(
+        default=65_536, ge=1_024, le=100_000_000, description="run_command: stdout+stderr kept"
+    )
+    command_timeout_s: float = Field(
+        default=30.0, gt=0, le=3_600, description="run_command: default wall-clock timeout"
+    )
 
 
 class TelemetrySettings(_Section):

@@ -21,7 +21,8 @@ Entry point, used by the agent runtime and by ``python -m python_tools`` (MCP)::
 * ``allowed_commands`` — programs ``run_command`` may start; default
   ``settings.agent.allowed_commands``, else none. With none, ``run_command`` is not offered.
 * ``max_read_bytes`` — what one ``read_file`` call returns at most.
-* ``command_limits`` — CPU, memory, output and time limits of ``run_command``.
+* ``command_limits`` — CPU, memory, output and time limits of ``run_command``; default from
+  ``settings.security.command_*``, else :class:`~python_tools.commands.CommandLimits`.
 
 Tools are synchronous and run in worker threads; they may be called concurrently.
 """
@@ -80,6 +81,8 @@ def builtin_tools(
         extra_roots = [Path(r) for r in settings.security.allowed_roots if Path(r).is_dir()]
         if allowed_commands is None:
             allowed_commands = settings.agent.allowed_commands
+        if command_limits is None:
+            command_limits = _limits_from(settings)
     guard = PathGuard([root, *extra_roots], base=root)
     files = FileTools(guard, max_read_bytes=max_read_bytes)
     db_path = Path(database) if database is not None else root / DEFAULT_DATABASE_NAME
@@ -109,6 +112,18 @@ def builtin_tools(
             )
         )
     return [_keep_property_titles(t) for t in tools]
+
+
+def _limits_from(settings: Settings) -> CommandLimits:
+    security = settings.security
+    default = CommandLimits()
+    return CommandLimits(
+        cpu_seconds=security.command_cpu_seconds,
+        memory_bytes=security.command_memory_mb * 1024 * 1024,
+        output_bytes=security.command_output_bytes,
+        default_timeout_s=security.command_timeout_s,
+        max_timeout_s=max(default.max_timeout_s, security.command_timeout_s),
+    )
 
 
 def _keep_property_titles(tool: Tool) -> Tool:

@@ -104,6 +104,20 @@ async def test_extra_roots_are_readable(workspace: Path, tmp_path: Path) -> None
     assert result["content"] == "a,b\n"
 
 
+async def test_settings_supply_command_limits(workspace: Path) -> None:
+    settings = Settings.model_validate(
+        {
+            "agent": {"allowed_commands": ["cat"]},
+            "security": {"command_cpu_seconds": 3, "command_memory_mb": 256},
+        }
+    )
+    tools = {t.name: t for t in builtin_tools(workspace, settings=settings)}
+    result = await tools["run_command"].invoke({"program": "cat", "args": ["/proc/self/limits"]})
+    rows = {line[:26].strip(): line[26:].split() for line in result["stdout"].splitlines()[1:]}
+    assert rows["Max cpu time"][:2] == ["3", "3"]
+    assert rows["Max address space"][:2] == [str(256 * 1024 * 1024)] * 2
+
+
 def test_a_configured_database(workspace: Path, tmp_path: Path) -> None:
     db = tmp_path / "elsewhere.db"
     tools = {t.name: t for t in builtin_tools(workspace, database=db)}
