@@ -34,12 +34,13 @@ there and ends with ``maxPredictedTokensReached`` (its tool calls are dropped).
 **Timing.** ``tokens_per_second`` (``None``: as fast as the loop allows) and
 ``first_token_latency`` (seconds) apply to every turn unless the turn overrides them.
 
-**Inspection.** ``engine.requests`` lists every :class:`PredictRequest` (history, tools, config,
-structured, max_tokens...) in arrival order; ``await engine.wait_for_requests(n)`` waits until
-``n`` arrived, ``await engine.wait_for_log(("done", n))`` until the n-th finished (both bounded
-by a timeout); ``engine.loads`` / ``engine.unloads`` record model keys; ``engine.log`` records
-``("start" | "done" | "stopped", n)`` for the n-th request (1-based): ``"stopped"`` means the
-stream was closed before its end (a cancel, or a dead socket).
+**Inspection.** ``engine.requests`` lists the :class:`PredictRequest`s (history, tools, config,
+structured, max_tokens...) in arrival order: the newest ``max_recorded`` (10 000 by default, so
+soak runs stay bounded); ``request_count`` counts them all. ``await engine.wait_for_requests(n)``
+waits until ``n`` arrived and ``await engine.wait_for_log(("done", n))`` until the n-th
+finished (both bounded by a timeout). ``engine.log`` records ``("start" | "done" | "stopped",
+n)`` for the n-th request (1-based): ``"stopped"`` means the stream was closed before its end
+(a cancel, an unload, or a dead socket). ``engine.loads`` / ``engine.unloads`` record model keys.
 
 Deterministic helpers: tokens are word pieces with crc32 ids; embeddings are unit vectors derived
 from sha256 of the text (``embedding_dims`` long).
@@ -93,6 +94,8 @@ DEFAULT_LLM_KEY = "scripted-llm"
 DEFAULT_EMBEDDING_KEY = "scripted-embedding"
 #: How long :meth:`ScriptedEngine.wait_for_requests` waits by default: generous for a busy CI box.
 DEFAULT_WAIT_S = 10.0
+#: Requests (and twice as many log entries) kept for inspection; older ones are dropped.
+DEFAULT_MAX_RECORDED = 10_000
 _WORD = re.compile(r"\s*\S+|\s+")
 
 
@@ -267,13 +270,17 @@ class ScriptedEngine:
         first_token_latency: float = 0.0,
         default: Callable[[PredictRequest], Turn | str] = echo_reply,
         embedding_dims: int = 16,
+        max_recorded: int = DEFAULT_MAX_RECORDED,
     ) -> None:
         self.models = list(models) if models is not None else default_models()
         self.tokens_per_second = tokens_per_second
         self.first_token_latency = first_token_latency
         self.default = default
         self.embedding_dims = embedding_dims
+        self.max_recorded = max_recorded
         self.requests: list[PredictRequest] = []
+        #: Predictions seen in total (``requests`` keeps only the newest ``max_recorded``).
+        self.request_count = 0
         self.loads: list[str] = []
         self.unloads: list[str] = []
         self.log: list[tuple[str, int]] = []
@@ -294,8 +301,8 @@ class ScriptedEngine:
         self, count: int, timeout: float = DEFAULT_WAIT_S
     ) -> PredictRequest:
         """Wait until ``count`` predictions arrived in total; returns the ``count``-th."""
-        await self.wait_until(lambda: len(self.requests) >= count, timeout)
-        return self.requests[count - 1]
+        await self.wait_until(lambda: self.request_count >= count, timeout)
+        return self.requests[count - 1 - (self.request_count - len(self.requests))]
 
     async def wait_for_log(self, entry: tuple[str, int], timeout: float = DEFAULT_WAIT_S) -> None:
         """Wait until ``entry`` (e.g. ``("stopped", 1)``) is in :attr:`log`."""
@@ -315,6 +322,13 @@ class ScriptedEngine:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    def _trim(self) -> None:
+        # Soak runs and benchmarks never script turns: keep memory bounded for them.
+        if len(self.requests) > self.max_recorded:
+            del self.requests[: len(self.requests) - self.max_recorded]
+        if len(self.log) > 2 * self.max_recorded:
+            del self.log[: len(self.log) - 2 * self.max_recorded]
 
     def _wake(self) -> None:
         for predicate, future in list(self._waiters):
@@ -344,9 +358,11 @@ class ScriptedEngine:
         self.unloads.append(model_key)
 
     async def predict(self, request: PredictRequest) -> AsyncIterator[EngineEvent]:
+        self.request_count += 1
+        number = self.request_count
         self.requests.append(request)
-        number = len(self.requests)
         self.log.append(("start", number))
+        self._trim()
         self._wake()
         finished = False
         try:
@@ -356,6 +372,7 @@ class ScriptedEngine:
                 yield event
         finally:
             self.log.append(("done" if finished else "stopped", number))
+            self._trim()
             self._wake()
 
     async def _play(self, turn: Turn, request: PredictRequest) -> AsyncIterator[EngineEvent]:

@@ -220,3 +220,13 @@ async def test_max_tokens_cuts_the_turn() -> None:
     assert [e.text for e in events if isinstance(e, Fragment)] == ["one", " two"]
     assert events[-1] == Done("maxPredictedTokensReached", events[-1].prompt_tokens)  # type: ignore[union-attr]
     assert not any(isinstance(e, ToolCall) for e in events)
+
+
+async def test_recording_is_bounded_for_soak_runs() -> None:
+    engine = ScriptedEngine(max_recorded=3)
+    for i in range(5):
+        await collect(engine, request(f"n{i}"))
+    assert engine.request_count == 5
+    assert [r.messages[0]["content"][0]["text"] for r in engine.requests] == ["n2", "n3", "n4"]
+    assert len(engine.log) == 6
+    assert (await engine.wait_for_requests(4)).messages[0]["content"][0]["text"] == "n3"
