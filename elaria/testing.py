@@ -21,9 +21,15 @@ Subprocess (for SIGKILL / SIGSTOP): :class:`ServerProcess` runs ``elaria serve``
 waits for its ready line (bounded), and exposes ``pid``, ``api_host``, ``kill()``,
 ``freeze()``/``thaw()``, ``restart()`` (same port) and ``stop()``; it always cleans up on exit.
 
-Pytest fixtures (need pytest and pytest-asyncio; import them into your ``conftest.py``):
-``scripted_engine``, ``embedded_lmstudio`` (an in-process server over ``scripted_engine``) and
-``embedded_lmstudio_process`` (a started :class:`ServerProcess`).
+Wire level: ``raw_session(api_host, namespace)`` gives a :class:`RawSession` (authenticated
+bare protocol client) for asserting on exact messages. Dead hosts: :func:`closed_api_host`
+(connection refused) and :func:`silent_api_host` (listens, never answers).
+
+Pytest fixtures (need pytest and pytest-asyncio): ``scripted_engine``, ``embedded_lmstudio`` (an
+in-process server over ``scripted_engine``) and ``embedded_lmstudio_process`` (a started
+:class:`ServerProcess`). Make them visible in your ``conftest.py``::
+
+    from elaria.testing import embedded_lmstudio, embedded_lmstudio_process, scripted_engine
 """
 
 from __future__ import annotations
