@@ -117,7 +117,7 @@ class LMStudioSettings(_Section):
 class ReconnectSettings(_Section):
     max_attempts: int = Field(default=10, ge=1, le=100)
     initial_delay_ms: int = Field(default=1_000, ge=100, le=60_000)
-    max_delay_ms: int = Field(default=30_000, ge=100, le=300_000)
+    max_delay_ms: int = Field(default=30_000, ge=1_000, le=300_000)
     stable_after_ms: int = Field(
         default=10_000,
         ge=0,

@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="needs a real LM Studio: set ELARIA_LMSTUDIO_HOST=host:port")
     for item in items:
-        if "lmstudio" in item.keywords:
+        if item.get_closest_marker("lmstudio") is not None:
             item.add_marker(skip)
 
 

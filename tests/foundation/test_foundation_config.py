@@ -64,6 +64,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ("ELARIA_RECONNECT__MAX_ATTEMPTS", "0"),
         ("ELARIA_RECONNECT__INITIAL_DELAY_MS", "99"),
         ("ELARIA_RECONNECT__MAX_DELAY_MS", "300001"),
+        ("ELARIA_RECONNECT__MAX_DELAY_MS", "999"),
         ("ELARIA_HISTORY__MAX_MESSAGES", "1001"),
         ("ELARIA_HISTORY__MAX_TOKENS", "999"),
         ("ELARIA_MEMORY__CHECK_INTERVAL_MS", "999"),

@@ -30,7 +30,7 @@ def settings_for(*urls: str, **lmstudio: object) -> Settings:
             probe_timeout_ms=1_000,
             **lmstudio,  # type: ignore[arg-type]
         ),
-        reconnect=ReconnectSettings(initial_delay_ms=100, max_delay_ms=200),
+        reconnect=ReconnectSettings.model_construct(initial_delay_ms=100, max_delay_ms=200),
         breaker=BreakerSettings(failure_threshold=1, reset_timeout_ms=5_000),
     )
 

@@ -131,7 +131,9 @@ async def test_accept_then_drop_cannot_cause_a_hot_loop(
     server: EmbeddedServer, lms_settings: LMStudioSettings
 ) -> None:
     server.faults.auth = "close"  # authenticate, then close at once
-    reconnect = ReconnectSettings(initial_delay_ms=100, max_delay_ms=400, stable_after_ms=5_000)
+    reconnect = ReconnectSettings.model_construct(
+        initial_delay_ms=100, max_delay_ms=400, stable_after_ms=5_000
+    )
     recorder = Recorder()
     # rng=1: each delay is its ceiling, so the expected schedule is exact.
     async with ClientPool(lms_settings, reconnect, on_event=recorder, rng=lambda: 1.0) as pool:

@@ -15,7 +15,9 @@ from elaria.lmstudio.rounds import RoundRequest, RoundResult
 from elaria.testing import ServerProcess
 
 REQUEST = RoundRequest(messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
-RECONNECT = ReconnectSettings(initial_delay_ms=100, max_delay_ms=500, stable_after_ms=2_000)
+RECONNECT = ReconnectSettings.model_construct(
+    initial_delay_ms=100, max_delay_ms=500, stable_after_ms=2_000
+)
 
 
 def settings_for(url: str) -> LMStudioSettings:
