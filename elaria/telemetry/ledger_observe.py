@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 __all__ = ["OBSERVERS"]
 
+#: Error classes of a tool call that a security validator refused.
+_REFUSAL_CLASSES: Final = frozenset({"ToolRefused", "SecurityViolation"})
+
 
 def _args_of(ctx: RequestContext, event: Any) -> Any:
     return ctx._pending_args.get(getattr(event, "call_id", ""), getattr(event, "arguments", None))
@@ -62,8 +65,11 @@ def _on_tool_finished(ctx: RequestContext, e: Any) -> None:
 
 
 def _on_tool_failed(ctx: RequestContext, e: Any) -> None:
-    ctx.event("tool_error", tool=e.tool, call_id=e.call_id, error_class=e.error_class)
-    outcome = "timeout" if "Timeout" in e.error_class else "error"
+    # A validator refusing inside the tool (paths, SQL, shell) is a refusal, not a tool bug.
+    refused = e.error_class in _REFUSAL_CLASSES
+    kind = "validator_refusal" if refused else "tool_error"
+    ctx.event(kind, tool=e.tool, call_id=e.call_id, error_class=e.error_class, reason=e.message)
+    outcome = "refused" if refused else "timeout" if "Timeout" in e.error_class else "error"
     ctx.tool_call(
         e.tool, _args_of(ctx, e), outcome, None, error_class=e.error_class, call_id=e.call_id
     )

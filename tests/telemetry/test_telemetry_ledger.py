@@ -327,3 +327,32 @@ async def test_log_records_inside_a_request_carry_its_ids() -> None:
             assert current_request_id() == ctx.request_id
         assert current_run_id() is None
         assert current_request_id() is None
+
+
+def test_a_refusal_inside_a_tool_is_recorded_as_a_validator_refusal() -> None:
+    ctx = RequestContext.begin("p")
+    ctx.observe(
+        {"kind": "tool_call_started", "call_id": "c1", "tool": "read", "arguments": {"p": ".."}}
+    )
+    ctx.observe(
+        {
+            "kind": "tool_call_failed",
+            "call_id": "c1",
+            "tool": "read",
+            "error_class": "ToolRefused",
+            "message": "outside the workspace",
+        }
+    )
+    ctx.observe(
+        {
+            "kind": "tool_call_failed",
+            "call_id": "c2",
+            "tool": "read",
+            "error_class": "ToolTimeoutError",
+            "message": "slow",
+        }
+    )
+    record = ctx.to_record()
+    assert [e["kind"] for e in record["events"]] == ["validator_refusal", "tool_error"]
+    assert [t["outcome"] for t in record["tool_calls"]] == ["refused", "timeout"]
+    assert record["tool_calls"][0]["arguments_preview"] == '{"p": ".."}'
