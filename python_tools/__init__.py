@@ -29,11 +29,10 @@ Tools are synchronous and run in worker threads; they may be called concurrently
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from elaria.agent.tools import Tool
 from elaria.errors import ConfigError
@@ -111,7 +110,7 @@ def builtin_tools(
                 timeout=commands.limits.max_timeout_s + COMMAND_TIMEOUT_GRACE_S,
             )
         )
-    return [_keep_property_titles(t) for t in tools]
+    return tools
 
 
 def _limits_from(settings: Settings) -> CommandLimits:
@@ -124,30 +123,3 @@ def _limits_from(settings: Settings) -> CommandLimits:
         default_timeout_s=security.command_timeout_s,
         max_timeout_s=max(default.max_timeout_s, security.command_timeout_s),
     )
-
-
-def _keep_property_titles(tool: Tool) -> Tool:
-    """``tool`` with a schema that keeps an argument *named* ``title``.
-
-    ``Tool.from_function`` strips every ``"title"`` key, which also drops a property called
-    ``title`` (add_note, update_note); rebuild the schema dropping only pydantic's annotations.
-    """
-    model = tool._model
-    if model is None or "title" not in model.model_fields:
-        return tool
-    schema = _strip_titles(model.model_json_schema())
-    schema["additionalProperties"] = False
-    return dataclasses.replace(tool, parameters=schema)
-
-
-def _strip_titles(node: Any, *, names: bool = False) -> Any:
-    """Drop schema ``title`` annotations; ``names`` marks a mapping of property names."""
-    if isinstance(node, dict):
-        return {
-            k: _strip_titles(v, names=not names and k in ("properties", "$defs"))
-            for k, v in node.items()
-            if names or k != "title"
-        }
-    if isinstance(node, list):
-        return [_strip_titles(v) for v in node]
-    return node

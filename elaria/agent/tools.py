@@ -276,9 +276,15 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
 def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """Drop pydantic's titles (noise for a small model) and keep the object shape."""
 
-    def strip(node: Any) -> Any:
+    def strip(node: Any, *, names: bool = False) -> Any:
+        # ``names`` marks a mapping whose keys are property names: a property may be *called*
+        # "title" (add_note), only the annotation of that name is dropped.
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k != "title"}
+            return {
+                k: strip(v, names=not names and k in ("properties", "$defs"))
+                for k, v in node.items()
+                if names or k != "title"
+            }
         if isinstance(node, list):
             return [strip(v) for v in node]
         return node
