@@ -99,8 +99,11 @@ __all__ = ["MODEL_KEY", "LlamaCppEngine", "default_model_path", "model_spec"]
 
 #: A tool round with no ``max_tokens`` still ends: a base model can ramble inside an answer.
 TOOL_ROUND_MAX_TOKENS = 256
-#: More threads than cores only adds contention on a small shared machine.
+#: More threads than this only adds contention on a small machine.
 MAX_DEFAULT_THREADS = 8
+#: Cores left to the event loop (server, SDK, tools). llama.cpp's workers spin while they wait, so
+#: when they take every core and anything else runs, generation gets several times slower.
+CORES_LEFT_FOR_THE_LOOP = 1
 #: How many finished rounds ``stats()`` remembers.
 RECENT_ROUNDS = 16
 _END = object()
@@ -112,7 +115,7 @@ def _default_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_DEFAULT_THREADS))
+    return max(1, min(cores - CORES_LEFT_FOR_THE_LOOP, MAX_DEFAULT_THREADS))
 
 
 def _import_llama_cpp() -> Any:

@@ -17,6 +17,10 @@ from elaria.testing import embedded_server
 
 pytestmark = pytest.mark.llama
 
+#: One thread: llama.cpp's workers spin while they wait, so on a shared 2-core CI machine a second
+#: thread fighting other processes makes rounds many times slower, not faster.
+TEST_THREADS = 1
+
 #: Bound on the whole act(): two grammar-constrained rounds on a busy 2-core machine.
 ACT_TIMEOUT_S = 120.0
 #: Rounds act() may take before the SDK's forced tool-less last round: call, answer, slack.
@@ -36,7 +40,7 @@ ADD_SCHEMA = {
 
 @pytest.fixture(scope="module")
 def engine() -> Any:
-    eng = LlamaCppEngine(n_ctx=2048)
+    eng = LlamaCppEngine(n_ctx=2048, n_threads=TEST_THREADS)
     yield eng
     eng.close()
 

@@ -13,6 +13,7 @@ import llama_cpp
 import pytest
 from loguru import logger
 
+from elaria.config import EmbeddedSettings
 from elaria.embedded.engine import (
     Done,
     EngineError,
@@ -25,6 +26,10 @@ from elaria.embedded.llama import MODEL_KEY, LlamaCppEngine, default_model_path,
 from elaria.errors import ModelNotFoundError
 
 pytestmark = pytest.mark.llama
+
+#: One thread: llama.cpp's workers spin while they wait, so on a shared 2-core CI machine a second
+#: thread fighting other processes makes rounds many times slower, not faster.
+TEST_THREADS = 1
 
 #: Bound on any single model round in these tests: generous for a busy 2-core machine.
 ROUND_TIMEOUT_S = 60.0
@@ -71,7 +76,7 @@ def vocab() -> Any:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[LlamaCppEngine]:
-    eng = LlamaCppEngine(n_ctx=2048)
+    eng = LlamaCppEngine(n_ctx=2048, n_threads=TEST_THREADS)
     asyncio.run(eng.load(MODEL_KEY, 2048))
     yield eng
     eng.close()
@@ -356,3 +361,31 @@ async def test_unload_mid_generation_ends_with_model_unloaded(engine: LlamaCppEn
     assert seen[-1].stop_reason == "modelUnloaded"
     assert not engine.loaded
     await engine.load(MODEL_KEY, 2048)  # the rest of the module keeps its model
+
+
+async def test_sampling_with_temperature_still_obeys_the_grammar(engine: LlamaCppEngine) -> None:
+    prompt = [user("What's the weather in Paris?")]
+    for _ in range(2):
+        events = await collect(
+            engine.predict(request(prompt, tools=TOOLS, temperature=1.0, max_tokens=40))
+        )
+        assert isinstance(events[-1], Done)
+        for call in (e for e in events if isinstance(e, ToolCall)):
+            jsonschema.validate(dict(call.arguments or {}), SCHEMAS[call.name])
+    assert engine.stats()["predictions"] >= 2
+
+
+def test_settings_choose_context_and_threads() -> None:
+    eng = LlamaCppEngine(settings=EmbeddedSettings(n_ctx=1024, n_threads=3))
+    try:
+        assert (eng.n_ctx, eng.n_threads) == (1024, 3)
+        assert not eng.loaded
+        assert "unloaded" in repr(eng)
+    finally:
+        eng.close()
+    default = LlamaCppEngine()
+    try:
+        assert default.n_ctx == EmbeddedSettings().n_ctx
+        assert default.n_threads >= 1
+    finally:
+        default.close()
