@@ -14,9 +14,11 @@ reverse, even when start-up fails half-way):
 
 1. saved approval rules merged into the settings (:func:`~elaria.agent.approval.with_saved_rules`);
 2. the :class:`~elaria.memory.monitor.MemoryMonitor` (a run is refused while memory is critical);
-3. the backend (:mod:`elaria.backend`): LM Studio when reachable (``lmstudio``: fail fast with a
-   readable error when it is not), else — with ``auto`` or ``embedded`` — the embedded server with
-   the tiny llama.cpp model (or the ``engine`` given, e.g. a ``ScriptedEngine`` in tests);
+3. the backend (:mod:`elaria.agent.backend`): LM Studio when reachable (``lmstudio``: fail fast
+   with a readable error when it is not), else — with ``auto`` or ``embedded`` — the embedded
+   server with the tiny llama.cpp model (or the ``engine`` given, e.g. a ``ScriptedEngine`` in
+   tests). The tiny model gets a focused system prompt and only the ``list_dir`` and
+   ``read_file`` built-in tools, unless ``agent.system_prompt`` / ``agent.tools`` say otherwise;
 4. the :class:`~elaria.lmstudio.pool.ClientPool` and the predictor over it;
 5. the tool registry: the built-in ``python_tools`` for the workspace, the caller's tools, and
    the MCP bridge's tools when ``mcp.config`` is set — one registry, one guard for all;
@@ -52,7 +54,13 @@ from elaria.agent.approval import (
     approvals_path,
     with_saved_rules,
 )
-from elaria.agent.backend import Backend, BackendChoice, open_backend
+from elaria.agent.backend import (
+    TINY_MODEL_SYSTEM_PROMPT,
+    TINY_MODEL_TOOLS,
+    Backend,
+    BackendChoice,
+    open_backend,
+)
 from elaria.agent.guard import ArgumentValidator
 from elaria.agent.loop import AgentLoop, EventCallback, Predictor, RunResult
 from elaria.agent.recorder import Telemetry
@@ -158,6 +166,11 @@ class Runtime:
             open_backend(self.settings, self.backend_choice, engine=self._engine)
         )
         self.settings = self.backend.settings
+        if self.backend.tiny_model and self.settings.agent.system_prompt is None:
+            agent = self.settings.agent.model_copy(
+                update={"system_prompt": TINY_MODEL_SYSTEM_PROMPT}
+            )
+            self.settings = self.settings.model_copy(update={"agent": agent})
         self.pool = ClientPool(self.settings.lmstudio, self.settings.reconnect)
         self._stack.push_async_callback(self.pool.close)
         self.predictor = self.backend.predictor(self.pool)
@@ -172,7 +185,14 @@ class Runtime:
             from elaria.agent.workspace import builtin_tools, ensure_sample_workspace
 
             ensure_sample_workspace(workspace)
+            starters = self.backend is not None and self.backend.tiny_model
             for tool in builtin_tools(self.settings, workspace):
+                if (
+                    starters
+                    and self.settings.agent.tools is None
+                    and (tool.name not in TINY_MODEL_TOOLS)
+                ):
+                    continue
                 self.registry.add(tool)
         self.validators = default_validators([Path(r) for r in roots])
         for item in self._extra_tools:
@@ -286,6 +306,7 @@ class Runtime:
             policy=self.policy,
             validators=self.validators,
             approve=self.approve,
+            restate_task=self.backend is not None and self.backend.tiny_model,
         )
 
     async def new_history(self) -> ConversationHistory:
@@ -324,22 +345,25 @@ class Runtime:
         recorder = self.telemetry.recorder(run_id, task, provider=self._provider())
         loop = self._loop_for(history, tools, recorder.wrap(self.predictor))
         callback = _fan_out(recorder.on_event, on_event)
-        current = asyncio.current_task()
-        if current is not None:
-            self._runs.add(current)
-        try:
-            result = await loop.run(task, on_event=callback, run_id=run_id)
-        except asyncio.CancelledError:
-            recorder.finish(None, cancelled=True)
-            raise
-        except Exception as exc:
-            recorder.finish(None, error=exc)
-            raise
-        finally:
-            if current is not None:
-                self._runs.discard(current)
-        recorder.finish(result)
-        return result
+
+        async def recorded() -> RunResult:
+            try:
+                result = await loop.run(task, on_event=callback, run_id=run_id)
+            except asyncio.CancelledError:
+                recorder.finish(None, cancelled=True)
+                raise
+            except Exception as exc:
+                recorder.finish(None, error=exc)
+                raise
+            recorder.finish(result)
+            return result
+
+        # A task of its own, so close() can cancel exactly the run (never the caller's task);
+        # cancelling the caller cancels it too, since it is what the caller awaits.
+        runner = asyncio.create_task(recorded(), name=f"elaria-run {run_id[:8]}")
+        self._runs.add(runner)
+        runner.add_done_callback(self._runs.discard)
+        return await runner
 
     async def stream(
         self,

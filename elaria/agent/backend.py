@@ -14,36 +14,46 @@
 * ``auto`` — ``lmstudio`` when anything answers, else ``embedded`` (and :meth:`Backend.banner`
   says so, naming the model and how to point at LM Studio).
 
-Probing uses the SDK's own greeting check (``AsyncClient.is_valid_api_host``), so "reachable"
-means exactly what the SDK will accept. Loop-confined; on exit the embedded server and its
-engine are stopped (llama.cpp's worker thread included).
+Probing is the SDK's own greeting check (``GET /lmstudio-greeting`` answering
+``{"lmstudio": true}``, as ``AsyncClient.is_valid_api_host`` does) on a bare socket, so
+"reachable" means what the SDK will accept, and the check needs no heavy import.
+Loop-confined; on exit the embedded server and its engine are stopped (llama.cpp's worker
+thread included).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
 
 from elaria.config import Settings
 from elaria.errors import ConfigError, HostDown
-from elaria.lmstudio.failover import Failover
-from elaria.lmstudio.pool import ClientPool, api_host_of
+
+if TYPE_CHECKING:
+    from elaria.lmstudio.failover import Failover
+    from elaria.lmstudio.pool import ClientPool
 
 __all__ = [
     "FALLBACK_HOST",
     "PROBE_TIMEOUT_S",
     "SDK_DEFAULT_PORTS",
+    "TINY_MODEL_SYSTEM_PROMPT",
+    "TINY_MODEL_TOOLS",
     "Backend",
     "BackendChoice",
     "ModelInfo",
     "discover_lmstudio",
+    "no_lmstudio_error",
     "open_backend",
+    "require_lmstudio",
 ]
 
 BackendChoice = Literal["auto", "lmstudio", "embedded"]
@@ -54,8 +64,25 @@ SDK_DEFAULT_PORTS = (41343, 52993, 16141, 39414, 22931)
 FALLBACK_HOST = "localhost:1234"
 #: A local LM Studio answers its greeting in milliseconds; the SDK itself allows 1 s.
 PROBE_TIMEOUT_S = 1.5
+#: The greeting is a tiny JSON object; anything longer is not LM Studio.
+MAX_GREETING_BYTES = 64 * 1024
 #: How long a model's context length is trusted before it is asked again (a reload may change it).
 MODEL_INFO_TTL_S = 60.0
+
+#: Built-in tools offered to the tiny embedded model when the operator chose none: a 270M model
+#: picks well among two tools and poorly among twelve (and each tool grows its grammar).
+TINY_MODEL_TOOLS = ("list_dir", "read_file")
+#: The tiny model's default system prompt: concrete call examples in the engine's JSON format,
+#: and the step-by-step rule it otherwise misses (it tends to repeat its first call).
+TINY_MODEL_SYSTEM_PROMPT = (
+    "You are a helpful assistant working in a folder called the workspace. You can call tools.\n"
+    "Examples:\n"
+    '{"tool": "list_dir", "arguments": {"path": "."}}\n'
+    '{"tool": "read_file", "arguments": {"path": "notes.md"}}\n'
+    "Do the task step by step, one tool call at a time, with real file names. Never repeat a "
+    "call you already made. After list_dir, call read_file on the file the task names. When you "
+    'have read it, reply {"answer": "..."} saying in one sentence what the file is about.'
+)
 
 _HOW_TO_POINT = (
     "To use LM Studio instead, start it, enable its server (Developer tab, or `lms server "
@@ -88,6 +115,8 @@ class Backend:
     _info_at: float = field(default=0.0, repr=False)
 
     def predictor(self, pool: ClientPool) -> Failover:
+        from elaria.lmstudio.failover import Failover
+
         self._failover = Failover(pool, self.settings)
         return self._failover
 
@@ -112,6 +141,11 @@ class Backend:
         self._info, self._info_at = ModelInfo(length if length > 0 else None, count), now
         return self._info
 
+    @property
+    def tiny_model(self) -> bool:
+        """The embedded llama.cpp model: small, so it gets a focused prompt and toolset."""
+        return self.kind == "embedded" and self.engine_name == "llama"
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -128,12 +162,26 @@ class Backend:
         if self.engine_name == "llama":
             what = (
                 f"the embedded {self.model_name or 'model'} on llama.cpp, a tiny model for "
-                "trying Elaria out, not for real work"
+                "trying Elaria out, not for real work (it gets only the list_dir and read_file "
+                "tools unless agent.tools says otherwise)"
             )
         else:
             what = f"the embedded server's {self.engine_name} engine (canned answers, no model)"
         tried = ", ".join(self.tried) or "nothing"
         return f"No LM Studio found (tried {tried}); using {what}. {_HOW_TO_POINT}"
+
+
+def api_host_of(url: str) -> str:
+    """``ws://host:port`` -> ``host:port`` (the pool validates URLs properly later)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return url
+    if not parts.hostname or port is None:
+        return url
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}"
 
 
 def _ws(api_host: str) -> str:
@@ -154,13 +202,35 @@ def candidate_hosts(settings: Settings) -> list[str]:
 
 
 async def _reachable(api_host: str, timeout: float) -> bool:
-    import lmstudio
-
+    """The SDK's greeting check (``GET /lmstudio-greeting`` answers ``{"lmstudio": true}``),
+    done with a bare socket: this runs before anything heavy is imported, so that a CLI run
+    with no LM Studio fails fast even on a busy machine."""
+    host, _, port = api_host.rpartition(":")
+    writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            return bool(await lmstudio.AsyncClient.is_valid_api_host(api_host))
-    except Exception:  # refused, timed out, not LM Studio: all mean "not here"
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            writer.write(
+                f"GET /lmstudio-greeting HTTP/1.1\r\nHost: {api_host}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+            response = await reader.read(MAX_GREETING_BYTES)
+    except (OSError, ValueError, TimeoutError):
         return False
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.") or head.split(b" ", 2)[1:2] != [b"200"]:
+        return False
+    try:
+        greeting = json.loads(body.decode("utf-8", "replace"))
+    except ValueError:
+        return False
+    return isinstance(greeting, dict) and greeting.get("lmstudio") is True
 
 
 async def discover_lmstudio(
@@ -184,6 +254,26 @@ def _with_hosts(settings: Settings, hosts: list[str], model: str | None = None) 
     return settings.model_copy(update={"lmstudio": lm})
 
 
+def no_lmstudio_error(settings: Settings) -> HostDown:
+    """The one paragraph a user reads when ``--backend lmstudio`` finds nothing."""
+    probed = ", ".join(candidate_hosts(settings))
+    return HostDown(
+        f"No LM Studio server answered (tried {probed})",
+        hint="Start LM Studio and enable its server (Developer tab, or `lms server "
+        "start`); if it runs elsewhere, set lmstudio.hosts in elaria.toml or "
+        "ELARIA_LMSTUDIO__HOSTS='[\"ws://HOST:PORT\"]'. To try Elaria without LM "
+        "Studio, use --backend embedded",
+    )
+
+
+async def require_lmstudio(settings: Settings) -> list[str]:
+    """The reachable LM Studio hosts, or :func:`no_lmstudio_error` (cheap: no SDK import)."""
+    found = await discover_lmstudio(settings)
+    if not found:
+        raise no_lmstudio_error(settings)
+    return found
+
+
 @contextlib.asynccontextmanager
 async def open_backend(
     settings: Settings, choice: BackendChoice, *, engine: Any = None
@@ -200,14 +290,7 @@ async def open_backend(
             yield Backend("lmstudio", _with_hosts(settings, found), tuple(found))
             return
         if choice == "lmstudio":
-            probed = ", ".join(candidate_hosts(settings))
-            raise HostDown(
-                f"No LM Studio server answered (tried {probed})",
-                hint="Start LM Studio and enable its server (Developer tab, or `lms server "
-                "start`); if it runs elsewhere, set lmstudio.hosts in elaria.toml or "
-                "ELARIA_LMSTUDIO__HOSTS='[\"ws://HOST:PORT\"]'. To try Elaria without LM "
-                "Studio, use --backend embedded",
-            )
+            raise no_lmstudio_error(settings)
     fell_back = choice == "auto"
     tried = tuple(candidate_hosts(settings)) if fell_back else ()
     async with _embedded(settings, engine, fell_back=fell_back, tried=tried) as backend:

@@ -157,8 +157,11 @@ class AgentLoop:
         approve: ApprovalCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        restate_task: bool = False,
     ) -> None:
         self.predictor = predictor
+        #: Append the task to each round's last tool result (helps very small models).
+        self.restate_task = restate_task
         self.registry = registry
         self.settings = settings
         self.history = history
@@ -507,7 +510,15 @@ class _Run:
 
     def _commit(self, state: RoundState) -> None:
         self.state.add_round(state)
-        for message in state.messages():
+        messages = state.messages()
+        if self.loop.restate_task and messages[-1]["role"] == "tool":
+            # Small models lose the thread after a tool result; the task, restated last,
+            # points them at the next step (the result itself is unchanged before it).
+            results = messages[-1]["content"]
+            last = dict(results[-1])
+            last["content"] = f"{last['content']}\n(Your task: {self.task})"
+            messages[-1] = {"role": "tool", "content": [*results[:-1], last]}
+        for message in messages:
             self._add_history(message)
 
     def _settle_budget(self, call: CallRecord) -> None:

@@ -15,6 +15,7 @@ Recording never disturbs a run: sinks drop and count instead of raising. Loop-co
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from typing import Any
@@ -26,6 +27,7 @@ from elaria.agent.loop import Predictor, RunResult
 from elaria.config import Settings
 from elaria.lmstudio.rounds import FragmentCallback, RoundRequest, RoundResult
 from elaria.telemetry.events import EventLog
+from elaria.telemetry.ledger import AuditLedger, RequestContext
 
 __all__ = ["RunRecorder", "Telemetry"]
 
@@ -36,7 +38,7 @@ class Telemetry:
         self.events: EventLog | None = (
             EventLog.from_settings(settings) if settings.telemetry.events else None
         )
-        self.ledger: Any = _open_ledger(settings)
+        self.ledger = _open_ledger(settings)
 
     async def start(self) -> None:
         if self.events is not None:
@@ -68,7 +70,7 @@ class RunRecorder:
         self.run_id = run_id
         self.provider = provider
         self.started = time.monotonic()
-        self.context: Any = _new_context(telemetry, run_id, task)
+        self.context = _new_context(telemetry, run_id, task)
         self.rounds = 0
 
     # ------------------------------------------------------------------ rounds
@@ -83,7 +85,13 @@ class RunRecorder:
         log = self.telemetry.events
         if log is not None:
             log.round(result, request_id=request.request_id, run_id=self.run_id, latency_s=seconds)
-        _call(self.context, "record_model_call", result=result, seconds=seconds)
+        _call(
+            self.context,
+            "record_model_call",
+            result=result,
+            seconds=seconds,
+            request_id=request.request_id,
+        )
         return result
 
     def round_failed(self, request: RoundRequest, exc: BaseException, seconds: float) -> None:
@@ -101,13 +109,19 @@ class RunRecorder:
                 request_id=request.request_id,
                 run_id=self.run_id,
             )
-        _call(self.context, "record_model_error", error=exc, seconds=seconds)
+        _call(
+            self.context,
+            "record_model_error",
+            error=exc,
+            seconds=seconds,
+            request_id=request.request_id,
+        )
 
     # ------------------------------------------------------------------ run
 
     def on_event(self, event: ev.AgentEvent) -> None:
         if self.context is not None:
-            _call(self.context, "record_agent_event", event=event.to_dict())
+            _call(self.context, "record_agent_event", event=event)
 
     def finish(
         self,
@@ -142,7 +156,8 @@ class _RecordingPredictor:
         started = time.monotonic()
         try:
             result = await self.inner.predict(request, on_fragment=on_fragment)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            # A cancelled round was still a request to the model: it gets its line too.
             self.recorder.round_failed(request, exc, time.monotonic() - started)
             raise
         return self.recorder.round_ok(request, result, time.monotonic() - started)
@@ -151,12 +166,14 @@ class _RecordingPredictor:
 # ------------------------------------------------------------------ the audit ledger (optional)
 
 
-def _open_ledger(settings: Settings) -> Any:
-    return None
+def _open_ledger(settings: Settings) -> AuditLedger | None:
+    return AuditLedger.from_settings(settings) if settings.telemetry.ledger else None
 
 
-def _new_context(telemetry: Telemetry, run_id: str, task: str) -> Any:
-    return None
+def _new_context(telemetry: Telemetry, run_id: str, task: str) -> RequestContext | None:
+    if telemetry.ledger is None:
+        return None
+    return telemetry.ledger.begin(task, run_id=run_id)
 
 
 def _call(target: Any, method: str, **kwargs: Any) -> None:

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from elaria.agent.backend import BackendChoice
+from elaria.agent.backend import BackendChoice, require_lmstudio
 from elaria.commands.run import add_common_options, prepare_settings, quiet_libraries
 from elaria.config import Settings
 from elaria.errors import ElariaError, RunError
@@ -46,6 +46,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = prepare_settings(args)
+    if args.backend == "lmstudio":
+        asyncio.run(require_lmstudio(settings))
     quiet_libraries(settings)
     return asyncio.run(_chat(args, settings))
 

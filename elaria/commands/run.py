@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
-from elaria.agent.backend import BackendChoice
+from elaria.agent.backend import BackendChoice, require_lmstudio
 from elaria.config import Settings, load_settings
 from elaria.errors import ConfigError, ElariaError
 
@@ -101,6 +101,9 @@ _LEVELS = {logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.
 def main(args: argparse.Namespace) -> int:
     try:
         settings = prepare_settings(args)
+        if args.backend == "lmstudio":
+            # Before anything heavy is imported: no LM Studio must fail in seconds.
+            asyncio.run(require_lmstudio(settings))
         quiet_libraries(settings)
         return asyncio.run(_run(args, settings))
     except ElariaError as exc:

@@ -62,6 +62,10 @@ async def scripted() -> AsyncIterator[tuple[Runtime, ScriptedEngine, Tools]]:
         yield rt, engine, tools
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 async def until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
     """Wait for a condition another task makes true (bounded; yields to the loop)."""
     async with asyncio.timeout(timeout):
@@ -330,3 +334,40 @@ async def test_chat_session_keeps_history(
     assert chat.turns == 2
     chat.reset()
     assert chat.messages() == []
+
+
+async def test_every_run_has_an_audit_record_success_failure_and_cancelled(
+    tmp_path: Path,
+) -> None:
+    engine = ScriptedEngine()
+    tools = Tools()
+    gate = asyncio.Event()
+    engine.script(
+        tool_calls(ToolCall("add", {"a": 1, "b": 2}), ToolCall("nosuch", {})),
+        reply("3"),
+        *(tool_call("weather", {"city": "Oslo"}) for _ in range(3)),
+        Turn(text="never", gate=gate, gate_after=1),
+    )
+    async with Runtime(
+        fast_settings(), engine=engine, tools=tools.all(), builtin_tools=False
+    ) as rt:
+        ok = await rt.run("add")
+        with pytest.raises(LoopDetected):
+            await rt.run("loop")
+        cancelled = asyncio.create_task(rt.run("cancel me"))
+        await engine.wait_for_requests(6, timeout=WAIT_S)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+    records = read_jsonl(tmp_path / "logs" / "audit.jsonl")
+    assert [r["outcome"] for r in records] == ["mitigated_success", "failure", "cancelled"]
+    by_outcome = {r["outcome"]: r for r in records}
+    first = records[0]  # mitigated: the unknown tool failed and the run still answered
+    assert first["run_id"] == ok.run_id
+    assert first["model_calls"] == 2
+    assert [t["name"] for t in first["tool_calls"]] == ["add", "nosuch"]
+    assert by_outcome["failure"]["error_class"] == "LoopDetected"
+    lines = read_jsonl(tmp_path / "logs" / "inference.jsonl")
+    assert len(lines) == 2 + 3 + 1  # every round, the cancelled one included
+    assert lines[-1]["success"] is False
+    assert lines[-1]["error_class"] == "CancelledError"
