@@ -63,7 +63,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from loguru import logger
 
@@ -85,7 +85,7 @@ from elaria.embedded.llama_prompt import (
     OfferedTool,
     Segment,
     answer_only_schema,
-    call_json,
+    canonical_call,
     inline_refs,
     offered_tools,
     previous_calls,
@@ -140,6 +140,7 @@ class _Job:
     produced: int = 0
     grammar_rejections: int = 0
     unloaded: bool = False  # the cancel came from unload(), not from the consumer
+    stop_reason: str = "none"
 
     def finish(self, reason: str) -> None:
         """Ends the stream with :class:`Done` unless the consumer itself went away."""
@@ -147,8 +148,6 @@ class _Job:
             reason = "modelUnloaded"
         if reason != "userStopped":
             self.post(Done(reason, prompt_tokens=self.prompt_tokens))
-
-    stop_reason: str = "none"
 
 
 class _TextOut:
@@ -371,6 +370,9 @@ class LlamaCppEngine:
     # ------------------------------------------------------------------ prediction
 
     async def predict(self, request: PredictRequest) -> AsyncGenerator[EngineEvent, None]:
+        if self._closed:
+            yield EngineError("The llama engine was closed", code=_UNLOADED)
+            return
         try:
             self._check_key(request.model_key)
             await self._ensure_loaded(request.model_key, request.context_length)
@@ -394,8 +396,7 @@ class LlamaCppEngine:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             while (item := await queue.get()) is not _END:
-                assert isinstance(item, Fragment | ToolCall | ToolCallFailed | EngineError | Done)
-                yield item
+                yield cast(EngineEvent, item)
         finally:
             cancel.set()
             self._active.discard(job)
@@ -480,7 +481,7 @@ class LlamaCppEngine:
             call = self._parse_call(streamer.raw)
             if call is None or reason != "eosFound":
                 job.post(ToolCallFailed(f"the tool call was cut off ({reason})", streamer.raw))
-            elif call_json(call.name, call.arguments) in previous_calls(job.request.messages):
+            elif canonical_call(call.name, call.arguments) in previous_calls(job.request.messages):
                 logger.info("llama engine: repeated call {} replaced by an answer", call.raw)
                 streamer, job.pending_tokens = AnswerStreamer(), 0
                 answer_grammar = self._grammar_text(answer_only_schema())

@@ -32,6 +32,7 @@ __all__ = [
     "Segment",
     "answer_only_schema",
     "call_json",
+    "canonical_call",
     "inline_refs",
     "offered_tools",
     "previous_calls",
@@ -202,10 +203,15 @@ def _results_of(parts: Any) -> list[str]:
     return results
 
 
+def canonical_call(name: str, arguments: Any) -> str:
+    """One spelling per call, whatever the key order (for the engine's loop guard)."""
+    return json.dumps({"tool": name, "arguments": arguments}, sort_keys=True)
+
+
 def previous_calls(messages: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Canonical JSON of every call already made in the history (for the engine's loop guard)."""
+    """:func:`canonical_call` of every call already made in the history."""
     return {
-        call_json(name, args)
+        canonical_call(name, args)
         for msg in messages
         if msg.get("role") == "assistant"
         for name, args in _calls_of(msg.get("content"))

@@ -13,6 +13,7 @@ import pytest
 from elaria.embedded.llama_model import default_model_path, gguf_metadata
 from elaria.embedded.llama_prompt import (
     AnswerStreamer,
+    canonical_call,
     inline_refs,
     offered_tools,
     previous_calls,
@@ -108,7 +109,7 @@ def test_prompt_is_gemma_turns_with_system_tools_and_results() -> None:
         '<start_of_turn>model\n{"answer": "It is 3."}<end_of_turn>\n'
         "<start_of_turn>user\nThanks<end_of_turn>\n<start_of_turn>model\n"
     )
-    assert previous_calls(messages) == {'{"tool": "add", "arguments": {"a": 1, "b": 2}}'}
+    assert previous_calls(messages) == {canonical_call("add", {"b": 2, "a": 1})}
 
 
 def test_without_tools_assistant_text_stays_plain() -> None:
