@@ -28,8 +28,9 @@ Every :class:`Turn` also takes ``stop_reason``, ``tokens_per_second``, ``first_t
 and a ``gate`` (an ``asyncio.Event`` awaited after ``gate_after`` fragments) to hold a stream
 open until the test releases it.
 
-**Limits.** A turn longer than the request's ``maxTokens`` (one word = one token) is cut
-there and ends with ``maxPredictedTokensReached`` (its tool calls are dropped).
+**Limits.** A turn's text is cut before the first of the request's ``stopStrings``
+(``stopStringFound``) and after ``maxTokens`` words (``maxPredictedTokensReached``); a cut
+turn's tool calls are dropped.
 
 **Timing.** ``tokens_per_second`` (``None``: as fast as the loop allows) and
 ``first_token_latency`` (seconds) apply to every turn unless the turn overrides them.
@@ -200,6 +201,11 @@ def _example_for(schema: Mapping[str, Any]) -> Any:
         "null": None,
     }
     return examples.get(kind, "scripted")
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
 
 
 def echo_reply(request: PredictRequest) -> Turn:
@@ -389,8 +395,12 @@ class ScriptedEngine:
         )
         if latency > 0:
             await asyncio.sleep(latency)
-        fragments = self._fragments(turn)
         stop_reason, truncated = turn.stop_reason, False
+        cut = _first_stop(turn.text, request.stop_strings)
+        if cut is not None:
+            turn = replace(turn, text=turn.text[:cut])
+            stop_reason, truncated = "stopStringFound", True
+        fragments = self._fragments(turn)
         if request.max_tokens is not None and len(fragments) > request.max_tokens:
             fragments = fragments[: request.max_tokens]
             stop_reason, truncated = "maxPredictedTokensReached", True
@@ -406,7 +416,7 @@ class ScriptedEngine:
             sent += 1
         if turn.gate is not None and sent <= turn.gate_after:
             await turn.gate.wait()
-        if not truncated:  # a model cut off by maxTokens never finishes its tool call
+        if not truncated:  # a model cut off early never finishes its tool call
             for call in turn.calls:
                 yield call if call.id is not None else replace(call, id=self._new_tool_id())
             if turn.malformed is not None:

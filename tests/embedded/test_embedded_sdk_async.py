@@ -378,3 +378,17 @@ async def test_unload_mid_prediction_stops_with_model_unloaded(
     assert first.content == "a"
     assert queued.result().stats.stop_reason == "modelUnloaded"
     assert engine.log == [("start", 1), ("stopped", 1)]
+
+
+async def test_stop_strings_and_max_tokens_cut_scripted_turns(
+    srv: EmbeddedServer, client: lmstudio.AsyncClient
+) -> None:
+    engine_of(srv).script(reply("alpha beta END gamma"), reply("one two three four"))
+    async with asyncio.timeout(WAIT):
+        model = await client.llm.model(DEFAULT_LLM_KEY)
+        stopped = await model.respond("x", config={"stopStrings": ["END"]})
+        capped = await model.respond("x", config={"maxTokens": 2})
+    assert stopped.content == "alpha beta "
+    assert stopped.stats.stop_reason == "stopStringFound"
+    assert capped.content == "one two"
+    assert capped.stats.stop_reason == "maxPredictedTokensReached"
