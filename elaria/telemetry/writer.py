@@ -1,12 +1,13 @@
 """Append-only JSONL files that never disturb their callers: the one writer under every telemetry
 file (log sinks, the inference event log, the audit ledger).
 
-* :class:`JsonlFile` — synchronous. ``write(data)`` appends whole lines with one ``os.write`` on
-  an ``O_APPEND`` descriptor (so lines from concurrent processes do not interleave), rotates by
-  size when asked, follows the path when the file or its directory is removed or rotated by
-  someone else, and **never raises on I/O**: the first failure of an outage goes to
-  ``on_failure`` (once), every lost write is counted, and it tries again after
-  :data:`RETRY_AFTER_S`. Thread-safe (one lock per file).
+* :class:`JsonlFile` — synchronous. ``write(data)`` appends whole lines, each ``os.write`` a run
+  of complete lines on an ``O_APPEND`` descriptor (so lines from concurrent processes do not
+  interleave); rotates by size when asked, between lines; follows the path when the file or its
+  directory is removed or rotated by someone else; opens with ``O_NOFOLLOW`` and mode 0600; and
+  **never raises on I/O**: the first failure of an outage goes to ``on_failure`` (once), every
+  lost write is counted, and it tries again after :data:`RETRY_AFTER_S`. Thread-safe (one lock
+  per file).
 * :class:`LineWriter` — asynchronous. A bounded queue and a single writer task in front of a
   :class:`JsonlFile`, so callers on the event loop never wait for the disk: ``submit`` is
   non-blocking and drops (and counts) when the queue is full. Lines are written in batches from a
@@ -29,7 +30,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["CLOSE_TIMEOUT_S", "RETRY_AFTER_S", "JsonlFile", "LineWriter"]
+__all__ = [
+    "BATCH_MAX_LINES",
+    "CLOSE_TIMEOUT_S",
+    "LINGER_S",
+    "REOPEN_CHECK_S",
+    "RETRY_AFTER_S",
+    "JsonlFile",
+    "LineWriter",
+]
 
 #: After a failed write, wait this long before touching the disk again: a full disk or a
 #: missing directory does not heal in microseconds, and each retry costs syscalls per record.
