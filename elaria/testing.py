@@ -56,7 +56,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from elaria.embedded.engine import Engine
 from elaria.embedded.faults import Faults
 from elaria.embedded.scripted import ScriptedEngine
-from elaria.embedded.server import EmbeddedServer
+from elaria.embedded.server import TTL_SWEEP_S, EmbeddedServer
 
 __all__ = [
     "RawSession",
@@ -88,6 +88,7 @@ async def embedded_server(
     jit: bool = True,
     preload: Sequence[str] | None = None,
     faults: Faults | None = None,
+    ttl_sweep_s: float | None = TTL_SWEEP_S,
 ) -> AsyncIterator[EmbeddedServer]:
     """Start a server on a free loopback port; always stopped on exit (faults thawed first).
     ``preload=None`` loads the whole catalogue; pass ``()`` to start with nothing loaded."""
@@ -103,6 +104,7 @@ async def embedded_server(
         jit=jit,
         preload=keys,
         faults=faults,
+        ttl_sweep_s=ttl_sweep_s,
     )
     await server.start()
     try:

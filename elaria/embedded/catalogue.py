@@ -78,6 +78,7 @@ class Instance:
     context_length: int
     ttl_ms: int | None = None
     last_used_ms: int | None = None
+    loaded_ms: int = 0
     load_config: list[dict[str, Any]] = field(default_factory=list)
     #: Set when the instance is unloaded: running predictions stop with ``modelUnloaded``.
     unloaded: asyncio.Event = field(default_factory=asyncio.Event, compare=False, repr=False)

@@ -83,8 +83,16 @@ def fields_of(stack: Any, layer: str | None = None) -> dict[str, Any]:
 class Backend:
     """Model lifecycle and the non-streaming endpoints. ``jit``: predict loads on demand."""
 
-    def __init__(self, engine: Engine, *, jit: bool = True, queue_per_model: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        jit: bool = True,
+        queue_per_model: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.engine = engine
+        self.clock = clock
         self.catalogue = Catalogue(engine.catalogue())
         self.jit = jit
         self.queue_per_model = queue_per_model
@@ -108,7 +116,9 @@ class Backend:
     ) -> Instance:
         ctx = min(context_length or DEFAULT_CONTEXT_LENGTH, spec.max_context_length)
         await self.engine.load(spec.model_key, ctx)
-        return self.catalogue.add(spec, identifier=identifier, context_length=ctx, ttl_ms=ttl_ms)
+        inst = self.catalogue.add(spec, identifier=identifier, context_length=ctx, ttl_ms=ttl_ms)
+        inst.loaded_ms = int(self.clock() * 1000)
+        return inst
 
     async def unload_instance(self, identifier: str) -> None:
         inst = self.catalogue.remove(identifier)
@@ -139,7 +149,27 @@ class Backend:
             return await self.load_instance(self.catalogue.find_spec(key, domain))
 
     def touch(self, inst: Instance) -> None:
-        inst.last_used_ms = int(time.time() * 1000)
+        inst.last_used_ms = int(self.clock() * 1000)
+
+    def expired(self) -> list[str]:
+        """Idle instances whose TTL ran out (never one that is predicting or queued)."""
+        now_ms = int(self.clock() * 1000)
+        out = []
+        for ident, inst in self.catalogue.loaded.items():
+            lock = self._model_locks.get(ident)
+            busy = lock is not None and lock.locked()
+            idle_since = inst.last_used_ms if inst.last_used_ms is not None else inst.loaded_ms
+            if inst.ttl_ms is not None and not busy and now_ms - idle_since >= inst.ttl_ms:
+                out.append(ident)
+        return out
+
+    async def unload_expired(self) -> list[str]:
+        """Unload every instance :meth:`expired` names (LM Studio's idle TTL); returns them."""
+        gone = self.expired()
+        for ident in gone:
+            if ident in self.catalogue.loaded:
+                await self.unload_instance(ident)
+        return gone
 
     # ------------------------------------------------------------------ load channels
 

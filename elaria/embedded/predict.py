@@ -119,6 +119,7 @@ async def handle_predict(
             else:
                 backend.touch(inst)
                 await _run_engine(backend, channel, inst, request, progress, on_fragment)
+                backend.touch(inst)  # idle TTL counts from the end of the last prediction
     await channel.send(_success(inst, progress, echoed))
 
 

@@ -15,6 +15,10 @@ instead, to catch drift quickly in tests.
 Auth (``auth.py``): open mode, first come first served, or a token table. Refusals carry the
 real server's *string* error (SDK 1.5.0 then raises ``ValueError``) and close the socket.
 
+Models loaded with a TTL (the SDK sends ``loadTtlMs``, one hour by default) are unloaded once
+idle that long, checked every ``ttl_sweep_s`` (``None`` turns it off); an instance that is
+predicting or has requests queued is never idle.
+
 Loop and threads: create, start and stop the server on one event loop; everything (engine calls
 included) runs on it. Handlers run as tasks per call/channel, so one slow prediction never blocks
 a socket. Closing a socket cancels its tasks; ``close()`` thaws faults and closes every socket.
@@ -59,6 +63,8 @@ MAX_WARNINGS = 5
 #: Inbound frame limit: uploads and long histories arrive as single large frames (websockets'
 #: 1 MiB default would cut them off), but a bound still protects the process.
 MAX_FRAME_BYTES = 256 * 2**20
+#: How often idle instances are checked against their TTL (``loadTtlMs``; SDK default 1 h).
+TTL_SWEEP_S = 1.0
 #: Bound on the close handshake, so stopping never waits long on a frozen or dead peer.
 CLOSE_TIMEOUT_S = 2.0
 
@@ -80,8 +86,11 @@ class EmbeddedServer:
         jit: bool = True,
         preload: Sequence[str] = (),
         faults: Faults | None = None,
+        ttl_sweep_s: float | None = TTL_SWEEP_S,
     ) -> None:
         self.engine = engine
+        self.ttl_sweep_s = ttl_sweep_s
+        self._sweeper: asyncio.Future[None] | None = None
         self.host = host
         self.faults = faults or Faults()
         self.faults._connections = lambda: list(self._connections)
@@ -111,9 +120,23 @@ class EmbeddedServer:
             close_timeout=CLOSE_TIMEOUT_S,
             compression=None,
         )
+        if self.ttl_sweep_s:
+            self._sweeper = asyncio.ensure_future(self._sweep_ttl(self.ttl_sweep_s))
+
+    async def _sweep_ttl(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.backend.unload_expired()
+            except Exception as exc:  # a failing engine.unload must not stop the sweeps
+                logger.opt(exception=exc).error("embedded server: TTL unload failed")
 
     async def close(self) -> None:
         self.faults.thaw()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(TimeoutError):

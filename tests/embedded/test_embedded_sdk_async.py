@@ -392,3 +392,29 @@ async def test_stop_strings_and_max_tokens_cut_scripted_turns(
     assert stopped.stats.stop_reason == "stopStringFound"
     assert capped.content == "one two"
     assert capped.stats.stop_reason == "maxPredictedTokensReached"
+
+
+async def test_idle_ttl_unloads_and_busy_models_stay() -> None:
+    now = [1_000.0]
+    gate = asyncio.Event()
+    engine = ScriptedEngine()
+    async with embedded_server(engine=engine, preload=(), ttl_sweep_s=None) as server:
+        server.backend.clock = lambda: now[0]
+        async with asyncio.timeout(WAIT), lmstudio.AsyncClient(server.api_host) as client:
+            model = await client.llm.model(DEFAULT_LLM_KEY, ttl=60)
+            await client.embedding.model(DEFAULT_EMBEDDING_KEY, ttl=None)
+            now[0] += 59
+            assert await server.backend.unload_expired() == []
+            engine.script(reply("held", gate=gate))
+            busy = asyncio.create_task(model.respond("x"))
+            await engine.wait_for_requests(1)
+            now[0] += 600
+            assert server.backend.expired() == []  # predicting: never idle
+            gate.set()
+            await busy
+            now[0] += 59  # idle time counts from the end of the prediction
+            assert server.backend.expired() == []
+            now[0] += 1
+            assert await server.backend.unload_expired() == [DEFAULT_LLM_KEY]
+            assert await client.llm.list_loaded() == []
+            assert len(await client.embedding.list_loaded()) == 1  # loaded without a TTL
