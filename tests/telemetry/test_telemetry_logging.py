@@ -315,3 +315,23 @@ def test_odd_records_never_break_the_caller(tmp_path: Path) -> None:
     record = _lines(tmp_path / LOG_NAME)[0]
     assert record["message"] == "file caf\udce9.txt seen"  # a JSON escape, read back as written
     assert record["extra"]["thing"] == "<unprintable _Unprintable>"
+
+
+def test_chained_exception_messages_are_scrubbed_in_every_sink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging(_settings(tmp_path))
+    foreign: list[str] = []
+    logger.add(foreign.append, format="{message}", level="DEBUG")  # gets "\n{exception}" added
+    try:
+        try:
+            raise ValueError(f"upstream said {SECRETS['github']}")
+        except ValueError as inner:
+            raise RuntimeError(f"call failed with key {SECRETS['openai']}") from inner
+    except RuntimeError:
+        logger.exception("wrapped failure")
+    written = _everything_written(tmp_path) + capsys.readouterr().err + "".join(foreign)
+    assert "ValueError: upstream said [REDACTED]" in written  # type names and chain kept
+    assert "RuntimeError: call failed with key [REDACTED]" in written
+    assert SECRETS["github"] not in written
+    assert SECRETS["openai"] not in written
