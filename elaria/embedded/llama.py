@@ -44,6 +44,10 @@ Temperature 0 (the default here: a 270M base model does best greedy) is determin
 **Embeddings** are real: mean-pooled hidden states of a second llama.cpp context opened with
 ``embedding=True`` on the same file, L2-normalised.
 
+Known side effect of llama-cpp-python (``verbose=False``): while a model is being created it
+points the whole process's stdout/stderr at ``/dev/null`` (about a second), so log lines other
+threads write to the console in that window are lost; file sinks are unaffected.
+
 ``stats()`` reports load state, prediction counts, grammar slow-path counts and the stop reason
 and generated-token count of recent rounds. ``close()`` (sync, idempotent) stops everything and
 frees the model on the worker before it exits.
