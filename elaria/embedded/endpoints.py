@@ -253,9 +253,14 @@ class Backend:
     async def _info(self, _param: Any) -> Json:
         return {"pid": os.getpid(), "isDaemon": False, "version": SERVER_VERSION["version"]}
 
-    async def _model_info(self, domain: Domain, param: Any) -> Json:
+    async def _model_info(self, domain: Domain, param: Any) -> Json | None:
         p = param_dict(param, "getModelInfo")
-        return self.catalogue.resolve(p.get("specifier"), domain).info()
+        try:
+            return self.catalogue.resolve(p.get("specifier"), domain).info()
+        except ProtocolError:
+            if p.get("throwIfNotFound", True) is False:
+                return None  # a void result: "nothing matches"
+            raise
 
     async def _load_config(self, domain: Domain, param: Any) -> Json:
         p = param_dict(param, "getLoadConfig")

@@ -282,3 +282,13 @@ async def test_quiet_namespaces_accept_and_only_warn(srv: EmbeddedServer, namesp
         assert session.auth_reply == {"success": True}
         reply = await session.rpc("somethingElse")
     assert reply["type"] == "communicationWarning"
+
+
+async def test_get_model_info_without_throw_is_void(srv: EmbeddedServer) -> None:
+    missing = {"type": "query", "query": {"identifier": "nope"}}
+    async with raw_session(srv.api_host, "llm") as llm:
+        quiet = await llm.rpc("getModelInfo", {"specifier": missing, "throwIfNotFound": False})
+        loud = await llm.rpc("getModelInfo", {"specifier": missing, "throwIfNotFound": True})
+    assert quiet == {"type": "rpcResult", "callId": 1}
+    assert loud["type"] == "rpcError"
+    assert loud["error"]["displayData"]["code"] == "generic.noModelMatchingQuery"
