@@ -5,6 +5,8 @@ Scripted engine (no model cost):
 * ``wire_predict_per_s``: predict round trips over a bare protocol client (no SDK);
 * ``sdk_predict_per_s_1`` / ``sdk_predict_per_s_20``: ``respond()`` round trips through the
   unmodified SDK with 1 and with 20 concurrent ``AsyncClient``s;
+* the two SDK rates again with the server in its own process (``*_server_in_child``), as
+  LM Studio runs: server and clients then use both cores;
 * ratios: ``echo / wire`` is the server's cost per prediction relative to one echo;
   ``wire / sdk_1`` is what the SDK itself adds.
 
@@ -26,7 +28,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from elaria.embedded.scripted import DEFAULT_LLM_KEY, ScriptedEngine
-from elaria.testing import embedded_server, raw_session
+from elaria.testing import ServerProcess, embedded_server, raw_session
 
 __all__ = ["run"]
 
@@ -84,15 +86,22 @@ async def _scripted(quick: bool) -> dict[str, Any]:
         wire = await _wire_rate(srv.api_host, n)
         sdk_1 = await _sdk_rate(srv.api_host, 1, n // 2)
         sdk_20 = await _sdk_rate(srv.api_host, 20, max(5, n // 40))
+    # the same SDK loads against a server in its own process, as LM Studio is
+    async with ServerProcess("--engine", "scripted") as child:
+        child_1 = await _sdk_rate(child.api_host, 1, n // 2)
+        child_20 = await _sdk_rate(child.api_host, 20, max(5, n // 40))
     return {
         "iterations": n,
         "echo_rtt_per_s": round(echo, 1),
         "wire_predict_per_s": round(wire, 1),
         "sdk_predict_per_s_1": round(sdk_1, 1),
         "sdk_predict_per_s_20": round(sdk_20, 1),
+        "sdk_predict_per_s_1_server_in_child": round(child_1, 1),
+        "sdk_predict_per_s_20_server_in_child": round(child_20, 1),
         "server_cost_in_echoes": round(echo / wire, 2),
         "sdk_overhead_ratio": round(wire / sdk_1, 2),
         "concurrency_gain_20_vs_1": round(sdk_20 / sdk_1, 2),
+        "concurrency_gain_20_vs_1_server_in_child": round(child_20 / child_1, 2),
     }
 
 
