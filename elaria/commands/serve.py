@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from typing import Any
 
 from elaria.config import EmbeddedSettings, load_settings
@@ -72,11 +73,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-jit", action="store_true", help="predict fails for models that are not loaded"
     )
     scripted = parser.add_argument_group("scripted engine")
-    scripted.add_argument("--tokens-per-second", type=float, default=None)
-    scripted.add_argument("--first-token-latency-ms", type=float, default=0.0)
+    scripted.add_argument(
+        "--tokens-per-second", type=float, default=None, help="stream rate (default: no delay)"
+    )
+    scripted.add_argument(
+        "--first-token-latency-ms", type=float, default=0.0, help="delay before the first token"
+    )
     faults = parser.add_argument_group("fault injection")
-    faults.add_argument("--auth", choices=["ok", "reject", "hang", "close"], default="ok")
-    faults.add_argument("--greeting", choices=["ok", "slow", "non_json", "not_found"], default="ok")
+    faults.add_argument(
+        "--auth",
+        choices=["ok", "reject", "hang", "close"],
+        default="ok",
+        help="reject: string error (SDK 1.5 raises ValueError); hang: never answer; "
+        "close: succeed, then close",
+    )
+    faults.add_argument(
+        "--greeting",
+        choices=["ok", "slow", "non_json", "not_found"],
+        default="ok",
+        help="the /lmstudio-greeting probe: slow (past the SDK's 1 s timeout), non-JSON, 404",
+    )
     faults.add_argument(
         "--delay-ms", type=float, default=0.0, help="latency before every outgoing message"
     )
@@ -172,6 +188,12 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+        print(
+            f"elaria serve: warning: listening on {host} with no --token: anyone who can reach "
+            "this address can use the server",
+            file=sys.stderr,
+        )
     try:
         await _start(server, args)
         print(
