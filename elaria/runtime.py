@@ -56,6 +56,7 @@ from elaria.agent.approval import (
 )
 from elaria.agent.backend import (
     TINY_MODEL_SYSTEM_PROMPT,
+    TINY_MODEL_TEMPERATURE,
     TINY_MODEL_TOOLS,
     Backend,
     BackendChoice,
@@ -166,11 +167,8 @@ class Runtime:
             open_backend(self.settings, self.backend_choice, engine=self._engine)
         )
         self.settings = self.backend.settings
-        if self.backend.tiny_model and self.settings.agent.system_prompt is None:
-            agent = self.settings.agent.model_copy(
-                update={"system_prompt": TINY_MODEL_SYSTEM_PROMPT}
-            )
-            self.settings = self.settings.model_copy(update={"agent": agent})
+        if self.backend.tiny_model:
+            self.settings = _tiny_model_defaults(self.settings)
         self.pool = ClientPool(self.settings.lmstudio, self.settings.reconnect)
         self._stack.push_async_callback(self.pool.close)
         self.predictor = self.backend.predictor(self.pool)
@@ -435,6 +433,17 @@ class ChatSession:
 
     def messages(self) -> list[Mapping[str, Any]]:
         return list(self.history.get_all()) if self.history is not None else []
+
+
+def _tiny_model_defaults(settings: Settings) -> Settings:
+    """What the tiny embedded model needs, where the operator did not choose otherwise: its
+    system prompt, and greedy decoding (a 270M model wanders at any temperature)."""
+    agent, lm = settings.agent, settings.lmstudio
+    if agent.system_prompt is None:
+        agent = agent.model_copy(update={"system_prompt": TINY_MODEL_SYSTEM_PROMPT})
+    if "temperature" not in lm.model_fields_set:
+        lm = lm.model_copy(update={"temperature": TINY_MODEL_TEMPERATURE})
+    return settings.model_copy(update={"agent": agent, "lmstudio": lm})
 
 
 def _fan_out(*callbacks: EventCallback | None) -> EventCallback:

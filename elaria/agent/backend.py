@@ -46,6 +46,7 @@ __all__ = [
     "PROBE_TIMEOUT_S",
     "SDK_DEFAULT_PORTS",
     "TINY_MODEL_SYSTEM_PROMPT",
+    "TINY_MODEL_TEMPERATURE",
     "TINY_MODEL_TOOLS",
     "Backend",
     "BackendChoice",
@@ -72,6 +73,8 @@ MODEL_INFO_TTL_S = 60.0
 #: Built-in tools offered to the tiny embedded model when the operator chose none: a 270M model
 #: picks well among two tools and poorly among twelve (and each tool grows its grammar).
 TINY_MODEL_TOOLS = ("list_dir", "read_file")
+#: Greedy decoding for the tiny model unless lmstudio.temperature is set explicitly.
+TINY_MODEL_TEMPERATURE = 0.0
 #: The tiny model's default system prompt: concrete call examples in the engine's JSON format,
 #: and the step-by-step rule it otherwise misses (it tends to repeat its first call).
 TINY_MODEL_SYSTEM_PROMPT = (

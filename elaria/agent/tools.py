@@ -17,7 +17,9 @@ may be called concurrently; a tool that is not safe for that must serialise itse
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
+import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -125,8 +127,12 @@ class Tool:
                     hint=f"Expected arguments: {_schema_summary(self.parameters)}",
                 ) from exc
             return {k: getattr(parsed, k) for k in type(parsed).model_fields}
+        validator = self._json_validator()
+        if validator is None:
+            # A server published a broken schema; the server, not the model, is at fault.
+            return dict(arguments)
         try:
-            jsonschema.validate(dict(arguments), dict(self.parameters))
+            validator.validate(dict(arguments))
         except jsonschema.ValidationError as exc:
             path = "".join(f"[{p!r}]" for p in exc.absolute_path) or "(top level)"
             raise ToolArgumentsError(
@@ -134,10 +140,11 @@ class Tool:
                 tool=self.name,
                 hint=f"Expected arguments: {_schema_summary(self.parameters)}",
             ) from exc
-        except jsonschema.SchemaError:
-            # A server published a broken schema; the server, not the model, is at fault.
-            pass
         return dict(arguments)
+
+    def _json_validator(self) -> Any:
+        """The compiled validator for ``parameters``, built once per schema (it costs ~ms)."""
+        return _compiled_validator(_schema_key(self.parameters))
 
     async def invoke(self, arguments: Mapping[str, Any]) -> Any:
         """Validate and run. Guards (keys, paths, approval) are the caller's job."""
@@ -230,6 +237,21 @@ class ToolRegistry:
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+def _schema_key(schema: Mapping[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled_validator(schema_json: str) -> Any:
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError:
+        return None
+    return cls(schema)
 
 
 def _renamed(t: Tool, name: str) -> Tool:

@@ -61,9 +61,12 @@ def prepare_settings(args: argparse.Namespace) -> Settings:
         agent["max_iterations"] = args.max_iterations
     base = load_settings()
     if agent:
-        overrides["agent"] = {**base.agent.model_dump(), **agent}
+        overrides["agent"] = {**base.agent.model_dump(exclude_unset=True), **agent}
     if args.model:
-        overrides["lmstudio"] = {**base.lmstudio.model_dump(), "model": args.model}
+        overrides["lmstudio"] = {
+            **base.lmstudio.model_dump(exclude_unset=True),
+            "model": args.model,
+        }
     if not overrides:
         return base
     return load_settings(**overrides)

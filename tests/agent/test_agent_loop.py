@@ -457,3 +457,19 @@ async def test_tool_timeout_and_result_cap() -> None:
     assert len(texts[1]) <= 1000
     assert "truncated" in texts[1]
     assert [c["truncated"] for c in result.tool_calls] == [False, True]
+
+
+async def test_restating_the_task_after_tool_results_for_small_models() -> None:
+    counter = Counter()
+    predictor = ScriptedPredictor(calls(("add", {"a": 1, "b": 2})), RoundResult(text="3"))
+    settings = Settings()
+    loop = AgentLoop(
+        predictor,
+        ToolRegistry(counter.tools()),
+        settings,
+        ConversationHistory(settings.history),
+        restate_task=True,
+    )
+    await loop.run("add one and two")
+    result = predictor.requests[1].messages[-1]["content"][-1]["content"]
+    assert result == "3\n(Your task: add one and two)"

@@ -371,3 +371,18 @@ async def test_every_run_has_an_audit_record_success_failure_and_cancelled(
     assert len(lines) == 2 + 3 + 1  # every round, the cancelled one included
     assert lines[-1]["success"] is False
     assert lines[-1]["error_class"] == "CancelledError"
+
+
+def test_tiny_model_defaults_respect_explicit_settings() -> None:
+    from elaria.agent.backend import TINY_MODEL_SYSTEM_PROMPT
+    from elaria.runtime import _tiny_model_defaults
+
+    tuned = _tiny_model_defaults(Settings())
+    assert tuned.agent.system_prompt == TINY_MODEL_SYSTEM_PROMPT
+    assert tuned.lmstudio.temperature == 0.0
+    mine = Settings.model_validate(
+        {"agent": {"system_prompt": "be brief"}, "lmstudio": {"temperature": 0.7}}
+    )
+    kept = _tiny_model_defaults(mine)
+    assert kept.agent.system_prompt == "be brief"
+    assert kept.lmstudio.temperature == 0.7
