@@ -169,6 +169,7 @@ class ToolError(ElariaError):
         """What the model reads as the tool result: what was wrong and what to do instead."""
         text = f"Error: {self.message}"
         if self.hint:
+            text = f"{text.rstrip()}{'' if text.rstrip().endswith(('.', '!', '?', ':')) else '.'}"
             text += f" {self.hint}"
         return text
 

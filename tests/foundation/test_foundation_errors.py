@@ -67,8 +67,9 @@ def test_tool_errors_render_for_the_model_with_a_hint() -> None:
     exc = ToolArgumentsError("missing required argument 'path'", tool="read_file", hint="Send x.")
     assert isinstance(exc, ToolError)
     text = exc.to_model_text()
-    assert text.startswith("Error: missing required argument 'path'")
-    assert text.endswith("Send x.")
+    assert text == "Error: missing required argument 'path'. Send x."
+    ended = ToolError("no such note.", hint="List the notes first.").to_model_text()
+    assert ended == "Error: no such note. List the notes first."
 
 
 def test_operator_errors_say_what_where_and_what_to_do() -> None:
