@@ -294,11 +294,12 @@ class _Run:
 
     def _add_history(self, message: dict[str, Any]) -> None:
         history = self.loop.history
-        before = history.stats()["trimmed_messages"]
+        expected = len(history) + (0 if message.get("role") == "system" else 1)
         history.add(message)
-        stats = history.stats()
-        dropped = stats["trimmed_messages"] - before
-        if dropped:
+        # Fewer messages than expected means the history trimmed old ones to stay in bounds.
+        dropped = expected - len(history)
+        if dropped > 0:
+            stats = history.stats()
             self.emit(
                 ev.HistoryTrimmed(
                     run_id=self.run_id,
@@ -632,6 +633,9 @@ class _Run:
 
     async def _run_tools(self, runnable: Sequence[tuple[CallRecord, Tool, dict[str, Any]]]) -> None:
         if not runnable:
+            return
+        if len(runnable) == 1:
+            await self._run_tool(*runnable[0])  # the common case needs no task group
             return
         limit = asyncio.Semaphore(self.agent.max_parallel_tools)
 

@@ -473,3 +473,22 @@ async def test_restating_the_task_after_tool_results_for_small_models() -> None:
     await loop.run("add one and two")
     result = predictor.requests[1].messages[-1]["content"][-1]["content"]
     assert result == "3\n(Your task: add one and two)"
+
+
+async def test_history_trims_are_reported_as_events() -> None:
+    counter = Counter()
+    predictor = ScriptedPredictor(
+        calls(("add", {"a": 1, "b": 2})),
+        calls(("add", {"a": 2, "b": 2})),
+        RoundResult(text="done"),
+    )
+    settings = Settings.model_validate({"history": {"max_messages": 4}})
+    loop = AgentLoop(
+        predictor, ToolRegistry(counter.tools()), settings, ConversationHistory(settings.history)
+    )
+    events: list[ev.AgentEvent] = []
+    await loop.run("add twice", on_event=events.append)
+    trimmed = [e for e in events if isinstance(e, ev.HistoryTrimmed)]
+    assert trimmed
+    assert all(t.dropped_messages > 0 for t in trimmed)
+    assert len(loop.history) <= 5  # the bound, plus the pinned system prompt
