@@ -4,7 +4,9 @@
 the server at the moment they matter; actions (``kill``, ``close``, ``freeze``) act on the live
 connections at once. What the SDK sees for each mode is in the protocol spec, §5:
 
-* ``kill(client=, namespace=)``: TCP reset (RST) of matching sockets -> ``LMStudioWebsocketError``
+* ``kill(client=, namespace=)``: TCP reset (RST) of matching sockets (``client`` is the
+  SDK's ``clientIdentifier``, shared by all sockets of one SDK client: read it from
+  ``srv.connections``) -> ``LMStudioWebsocketError``
   on every pending and later call of that client/namespace, within milliseconds.
 * ``await close(...)``: a graceful WebSocket close frame, same effect for the SDK.
 * ``freeze()`` / ``thaw()``: stop reading every socket (so pings go unanswered, like a sleeping
