@@ -49,7 +49,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import IO, Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -220,7 +220,8 @@ class ServerProcess:
         self.ready_timeout = ready_timeout
         self.api_host = ""
         self._proc: subprocess.Popen[str] | None = None
-        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
+        self._stderr: IO[str] | None = None
+        self._stderr_saved = ""
 
     @property
     def pid(self) -> int:
@@ -240,12 +241,13 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "elaria.cli", "serve", "--port", str(self.port), *engine]
         cmd += self.args
         self._proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1
+            cmd, stdout=subprocess.PIPE, stderr=self._stderr_file(), text=True, bufsize=1
         )
         try:
             self.api_host = self._wait_ready()
         except BaseException:
             self.kill()
+            self.stop()  # nothing is left behind: no child, no pipe, no temporary file
             raise
         self.port = int(self.api_host.rsplit(":", 1)[1])
         return self
@@ -307,26 +309,35 @@ class ServerProcess:
         elif self._proc is not None:
             code = self._proc.returncode
         self._close_pipe()
+        if self._stderr is not None:
+            self._stderr_saved = self.stderr_text()
+            self._stderr.close()
+            self._stderr = None
         return code
 
     def stderr_text(self) -> str:
+        if self._stderr is None:
+            return self._stderr_saved
         self._stderr.flush()
         self._stderr.seek(0)
         return self._stderr.read()
+
+    def _stderr_file(self) -> IO[str]:
+        if self._stderr is None:
+            self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
+        return self._stderr
 
     def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        self._stderr.close()
 
     async def __aenter__(self) -> ServerProcess:
         return await asyncio.to_thread(self.start)
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)
-        self._stderr.close()
 
 
 def closed_api_host() -> str:

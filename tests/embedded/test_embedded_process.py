@@ -118,3 +118,11 @@ async def test_closed_and_silent_hosts() -> None:
     with silent_api_host() as host, pytest.raises(httpx.ReadTimeout):
         async with asyncio.timeout(NOTICE), lmstudio.AsyncClient(host):
             pass
+
+
+def test_a_child_that_fails_to_start_is_reported_and_reaped() -> None:
+    proc = ServerProcess("--preload", "no-such-model")
+    with pytest.raises(RuntimeError, match="no-such-model"):
+        proc.start()
+    assert not proc.running
+    assert "no-such-model" in proc.stderr_text()
