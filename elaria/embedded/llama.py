@@ -31,7 +31,9 @@ its whole prompt (no prefix cache), so equal requests give equal answers at temp
   gets a generic JSON object grammar instead (logged as a warning). *Loop guard*: a call that
   repeats, with the same arguments, a call already in the history would make ``act()`` loop
   forever, so the engine discards it and generates an answer instead (logged).
-  Without ``max_tokens`` a tool round is capped at ``tool_round_max_tokens``.
+  A base model rambles inside an answer string, so an answer in a tool round stops after
+  ``answer_max_tokens`` (``maxPredictedTokensReached``) whatever ``max_tokens`` allows; a call
+  without a client ``max_tokens`` is capped at ``tool_round_max_tokens``.
 * *Structured output*: ``{"type": "json", "jsonSchema": ...}`` is generated under that schema's
   grammar, ``{"type": "gbnf", "gbnfGrammar": ...}`` under that grammar; either is streamed as raw
   text. A grammar llama.cpp cannot parse ends the round with an :class:`EngineError`.
@@ -62,6 +64,7 @@ import math
 import os
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,10 +102,19 @@ from elaria.embedded.llama_prompt import (
 from elaria.embedded.llama_sampling import GrammarError, Sampler
 from elaria.errors import ModelNotFoundError
 
-__all__ = ["MODEL_KEY", "LlamaCppEngine", "default_model_path", "model_spec"]
+__all__ = [
+    "ANSWER_MAX_TOKENS",
+    "MODEL_KEY",
+    "TOOL_ROUND_MAX_TOKENS",
+    "LlamaCppEngine",
+    "default_model_path",
+    "model_spec",
+]
 
-#: A tool round with no ``max_tokens`` still ends: a base model can ramble inside an answer.
-TOOL_ROUND_MAX_TOKENS = 256
+#: A tool round with no ``max_tokens`` still ends (a call's string arguments can ramble too).
+TOOL_ROUND_MAX_TOKENS = 1024
+#: Answer tokens a tool round may stream: a 270M base model rarely closes a long answer itself.
+ANSWER_MAX_TOKENS = 160
 #: More threads than this only adds contention on a small machine.
 MAX_DEFAULT_THREADS = 8
 #: Cores left to the event loop (server, SDK, tools). llama.cpp's workers spin while they wait, so
@@ -162,21 +174,21 @@ class _TextOut:
         self._stops = [s for s in stop_strings if s]
         self._pending = ""
 
-    def add(self, text: str) -> bool:
-        """Returns ``True`` when a stop string was found (text before it is emitted)."""
+    def add(self, text: str) -> str | None:
+        """``"stopStringFound"`` when a stop string was found (text before it is emitted)."""
         self._pending += text
         hits = [i for s in self._stops if (i := self._pending.find(s)) >= 0]
         if hits:
             self._emit(self._pending[: min(hits)])
             self._pending = ""
-            return True
+            return "stopStringFound"
         hold = max(
             (k for s in self._stops for k in range(1, len(s)) if self._pending.endswith(s[:k])),
             default=0,
         )
         self._emit(self._pending[: len(self._pending) - hold])
         self._pending = self._pending[len(self._pending) - hold :]
-        return False
+        return None
 
     def flush(self) -> None:
         self._emit(self._pending)
@@ -202,12 +214,14 @@ class LlamaCppEngine:
         settings: EmbeddedSettings | None = None,
         default_temperature: float = 0.0,
         tool_round_max_tokens: int = TOOL_ROUND_MAX_TOKENS,
+        answer_max_tokens: int = ANSWER_MAX_TOKENS,
     ) -> None:
         settings = settings or EmbeddedSettings()
         self.n_ctx = n_ctx or settings.n_ctx
         self.n_threads = n_threads or settings.n_threads or _default_threads()
         self.default_temperature = default_temperature
         self.tool_round_max_tokens = tool_round_max_tokens
+        self.answer_max_tokens = answer_max_tokens
         self._model_path = model_path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elaria-llama")
         self._model_lock = threading.Lock()  # held while the model is created or freed
@@ -406,6 +420,7 @@ class LlamaCppEngine:
             self._active.discard(job)
 
     def _run(self, job: _Job) -> None:
+        started = time.monotonic()
         try:
             if job.cancel.is_set():
                 return
@@ -419,6 +434,13 @@ class LlamaCppEngine:
             logger.exception("llama engine prediction failed")
             job.post(EngineError(f"llama.cpp failed: {exc}"))
         finally:
+            logger.debug(
+                "llama round: {} prompt tokens, {} generated, {}, {:.2f} s",
+                job.prompt_tokens,
+                job.produced,
+                job.stop_reason,
+                time.monotonic() - started,
+            )
             self._rounds.append((job.stop_reason, job.produced))
             self._grammar_rejections += job.grammar_rejections
             job.post(_END)
@@ -495,14 +517,20 @@ class LlamaCppEngine:
                 job.post(call)
         job.finish(reason)
 
-    @staticmethod
-    def _answer_sink(job: _Job, streamer: AnswerStreamer) -> Callable[[str], bool]:
-        def sink(text: str) -> bool:
+    def _answer_sink(self, job: _Job, streamer: AnswerStreamer) -> Callable[[str], str | None]:
+        answer_tokens = 0
+
+        def sink(text: str) -> str | None:
+            nonlocal answer_tokens
             decoded = streamer.feed(text)
+            if streamer.is_answer:
+                answer_tokens += 1
             if decoded:
                 job.post(Fragment(decoded, tokens=max(1, job.pending_tokens)))
                 job.pending_tokens = 0
-            return False
+            if answer_tokens >= self.answer_max_tokens and not streamer.closed:
+                return "maxPredictedTokensReached"
+            return None
 
         return sink
 
@@ -548,10 +576,10 @@ class LlamaCppEngine:
         grammar_text: str | None,
         limit: int,
         limit_reason: str,
-        sink: Callable[[str], bool],
+        sink: Callable[[str], str | None],
     ) -> str:
-        """Samples until a stop; ``sink(text)`` gets each decoded piece and returns ``True`` to
-        stop (a stop string). Returns the stop reason."""
+        """Samples until a stop; ``sink(text)`` gets each decoded piece and returns a stop
+        reason to end early. Returns the stop reason."""
         temperature = job.request.temperature
         temp = self.default_temperature if temperature is None else max(0.0, temperature)
         if job.cancel.is_set():
@@ -577,7 +605,7 @@ class LlamaCppEngine:
         sampler: Sampler,
         limit: int,
         limit_reason: str,
-        sink: Callable[[str], bool],
+        sink: Callable[[str], str | None],
     ) -> str:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for produced in range(1, limit + 1):
@@ -589,8 +617,8 @@ class LlamaCppEngine:
             job.produced += 1
             job.pending_tokens += 1
             text = decoder.decode(self._llm.detokenize([token]))
-            if text and sink(text):
-                return "stopStringFound"
+            if text and (early := sink(text)):
+                return early
             if produced < limit:
                 self._llm.eval([token])
         return limit_reason

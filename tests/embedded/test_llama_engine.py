@@ -22,7 +22,13 @@ from elaria.embedded.engine import (
     PredictRequest,
     ToolCall,
 )
-from elaria.embedded.llama import MODEL_KEY, LlamaCppEngine, default_model_path, model_spec
+from elaria.embedded.llama import (
+    ANSWER_MAX_TOKENS,
+    MODEL_KEY,
+    LlamaCppEngine,
+    default_model_path,
+    model_spec,
+)
 from elaria.errors import ModelNotFoundError
 
 pytestmark = pytest.mark.llama
@@ -240,8 +246,19 @@ async def test_tool_round_yields_a_schema_valid_call(engine: LlamaCppEngine, pro
     assert events[-1].stop_reason == "eosFound"
 
 
+CALL = {"type": "function", "id": "c1", "name": "get_weather", "arguments": {"city": "Paris"}}
+CALLED_AND_ANSWERED = [
+    user("What's the weather in Paris?"),
+    {"role": "assistant", "content": [{"type": "toolCallRequest", "toolCallRequest": CALL}]},
+    {
+        "role": "tool",
+        "content": [{"type": "toolCallResult", "content": '"Sunny, 21 C"', "toolCallId": "c1"}],
+    },
+]
+
+
 async def test_repeated_call_becomes_a_streamed_answer(engine: LlamaCppEngine) -> None:
-    call = {"type": "function", "id": "c1", "name": "get_weather", "arguments": {"city": "Paris"}}
+    call = CALL
     history = [
         user("What's the weather in Paris?"),
         {"role": "assistant", "content": [{"type": "toolCallRequest", "toolCallRequest": call}]},
@@ -389,3 +406,14 @@ def test_settings_choose_context_and_threads() -> None:
         assert default.n_threads >= 1
     finally:
         default.close()
+
+
+async def test_answers_in_tool_rounds_are_capped(engine: LlamaCppEngine) -> None:
+    engine.answer_max_tokens = 3
+    try:
+        events = await collect(engine.predict(request(CALLED_AND_ANSWERED, tools=TOOLS)))
+    finally:
+        engine.answer_max_tokens = ANSWER_MAX_TOKENS
+    assert isinstance(events[-1], Done)
+    assert events[-1].stop_reason == "maxPredictedTokensReached"
+    assert 1 <= len([e for e in events if isinstance(e, Fragment)]) <= 3
