@@ -77,9 +77,6 @@ __all__ = ["ChatSession", "Runtime", "ToolLike"]
 #: A tool as callers give it: a Tool, or a typed function that becomes one.
 ToolLike = Tool | Callable[..., Any]
 
-#: Events queued for a ``stream`` consumer at most; beyond that the run waits for the reader.
-STREAM_QUEUE_SIZE = 1_000
-
 
 class Runtime:
     """See the module docstring. Not reusable after :meth:`close`."""
@@ -374,17 +371,19 @@ class Runtime:
 
         Leaving the iteration early cancels the run.
         """
-        queue: asyncio.Queue[ev.AgentEvent | None] = asyncio.Queue(STREAM_QUEUE_SIZE)
+        # Unbounded on purpose: on_event cannot wait, and losing events (or the end marker)
+        # would break the consumer. A run's events are bounded by the run itself
+        # (max_iterations rounds of at most max_tokens fragments and their tool calls).
+        queue: asyncio.Queue[ev.AgentEvent | None] = asyncio.Queue()
 
         def put(event: ev.AgentEvent) -> None:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(event)
+            queue.put_nowait(event)
 
         async def drive() -> RunResult:
             try:
                 return await self.run(task, tools=tools, on_event=put, history=history)
             finally:
-                queue.put_nowait(None) if not queue.full() else None
+                queue.put_nowait(None)
 
         runner = asyncio.create_task(drive())
         try:
