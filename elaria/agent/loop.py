@@ -4,7 +4,8 @@ One :class:`AgentLoop` runs one task at a time over a :class:`Predictor` (the LM
 ``Failover.predict``, which owns timeouts, reconnects, breakers and the server-side cancel).
 
 Per round: send the history (and the tool schemas, except on the last of ``max_iterations``
-rounds, which goes without tools), stream the text, then handle the calls the model asked for:
+rounds, which goes without tools), stream the text, then handle the calls the model asked for
+(:mod:`elaria.agent.dispatch`):
 repair malformed ones, pass each through the :class:`~elaria.agent.guard.Guard` in request order
 (interactive approval happens here, one question at a time), run the admitted ones with at most
 ``max_parallel_tools`` at once and a timeout each, cap every result, and append the round to
@@ -27,52 +28,39 @@ its own.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from loguru import logger
-
 from elaria.agent import events as ev
 from elaria.agent.approval import (
-    ApprovalAnswer,
     ApprovalCallback,
     ApprovalPolicy,
-    ApprovalRequest,
-    describe_rule,
 )
-from elaria.agent.guard import ArgumentValidator, Guard, RateLimited, RetryBudget
-from elaria.agent.repair import Repaired, looks_like_text_call, repair_call
-from elaria.agent.state import CallRecord, RoundState, RunState, result_text
-from elaria.agent.tools import ArgKind, Tool, ToolRegistry
+from elaria.agent.dispatch import CallDispatcher
+from elaria.agent.guard import ArgumentValidator, Guard, RetryBudget
+from elaria.agent.repair import looks_like_text_call
+from elaria.agent.state import RoundState, RunState
+from elaria.agent.tools import ArgKind, ToolRegistry
 from elaria.config import Settings
 from elaria.errors import (
     AllTargetsFailed,
     ContextOverflowError,
     RunError,
-    SecurityViolation,
     ToolCallMalformed,
-    ToolDenied,
-    ToolError,
-    ToolExecutionError,
-    ToolRefused,
-    ToolTimeoutError,
     TransientBackendError,
 )
 from elaria.lmstudio.rounds import (
     FragmentCallback,
     MalformedCall,
-    RequestedCall,
     RoundRequest,
     RoundResult,
 )
 from elaria.memory.history import ConversationHistory
 from elaria.resilience.backoff import delays
-from elaria.security import cap_result
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
@@ -212,7 +200,7 @@ class AgentLoop:
             self._busy = False
 
 
-class _Run:
+class _Run(CallDispatcher):
     """The state of one run; private so the loop object stays reusable."""
 
     def __init__(
@@ -236,16 +224,6 @@ class _Run:
         self.round = 0
         self.round_details: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
-
-    # ------------------------------------------------------------------ events
-
-    def emit(self, event: ev.AgentEvent) -> None:
-        if self.on_event is None:
-            return
-        try:
-            self.on_event(event)
-        except Exception:  # an observer must never break the run
-            logger.opt(exception=True).warning("on_event callback failed for {}", event.kind)
 
     # ------------------------------------------------------------------ the run
 
@@ -291,23 +269,6 @@ class _Run:
             model=self.model,
             round_details=self.round_details,
         )
-
-    def _add_history(self, message: dict[str, Any]) -> None:
-        history = self.loop.history
-        expected = len(history) + (0 if message.get("role") == "system" else 1)
-        history.add(message)
-        # Fewer messages than expected means the history trimmed old ones to stay in bounds.
-        dropped = expected - len(history)
-        if dropped > 0:
-            stats = history.stats()
-            self.emit(
-                ev.HistoryTrimmed(
-                    run_id=self.run_id,
-                    round=self.round,
-                    dropped_messages=dropped,
-                    tokens=stats["tokens"],
-                )
-            )
 
     # ------------------------------------------------------------------ prediction
 
@@ -418,295 +379,6 @@ class _Run:
                 stop_reason=result.stop_reason,
             )
         )
-
-    # ------------------------------------------------------------------ calls
-
-    def _new_id(self) -> str:
-        return f"call_{self.round}_{next(self._ids)}"
-
-    def _requested_calls(self, result: RoundResult) -> list[CallRecord]:
-        calls: list[CallRecord] = []
-        for req in result.tool_calls:
-            calls.append(self._from_request(req))
-        for bad in result.malformed:
-            calls.append(self._from_text(bad.raw, error=bad.error))
-        if not calls and looks_like_text_call(result.text):
-            calls.append(self._from_text(result.text, error=None))
-        return calls
-
-    def _from_request(self, req: RequestedCall) -> CallRecord:
-        call_id = req.id or self._new_id()
-        args: Any = req.arguments
-        record = CallRecord(call_id, req.name, dict(args) if isinstance(args, Mapping) else None)
-        self.emit(
-            ev.ToolCallRequested(
-                run_id=self.run_id,
-                round=self.round,
-                call_id=call_id,
-                tool=req.name,
-                arguments=record.arguments,
-            )
-        )
-        if args is not None and not isinstance(args, Mapping):
-            record.raw_arguments = args
-        return record
-
-    def _from_text(self, raw: str | None, *, error: str | None) -> CallRecord:
-        call_id = self._new_id()
-        try:
-            fixed: Repaired = repair_call(raw, self.loop.registry, error=error)
-        except ToolError as exc:
-            name = exc.tool or "unparsed_tool_call"
-            record = CallRecord(call_id, name, {}, raw=raw)
-            self.emit(
-                ev.ToolCallRequested(
-                    run_id=self.run_id, round=self.round, call_id=call_id, tool=name, arguments={}
-                )
-            )
-            record.record("error", exc.to_model_text(), error_class=type(exc).__name__)
-            return record
-        record = CallRecord(call_id, fixed.name, fixed.arguments, raw=raw)
-        record.repaired_by = fixed.method
-        self.emit(
-            ev.ToolCallRequested(
-                run_id=self.run_id,
-                round=self.round,
-                call_id=call_id,
-                tool=fixed.name,
-                arguments=fixed.arguments,
-            )
-        )
-        self.emit(
-            ev.ToolCallRepaired(
-                run_id=self.run_id,
-                round=self.round,
-                call_id=call_id,
-                tool=fixed.name,
-                arguments=fixed.arguments,
-                method=fixed.method,
-                raw=raw,
-            )
-        )
-        return record
-
-    async def _handle_calls(self, state: RoundState) -> None:
-        committed = False
-        try:
-            runnable: list[tuple[CallRecord, Tool, dict[str, Any]]] = []
-            for call in state.calls:
-                if call.recorded:
-                    continue
-                admitted = await self._admit(call)
-                if admitted is not None:
-                    runnable.append((call, *admitted))
-            await self._run_tools(runnable)
-            self._commit(state)
-            committed = True
-            for call in state.calls:
-                self._settle_budget(call)
-        finally:
-            if not committed:
-                state.close_pending()
-                self._commit(state)
-
-    def _commit(self, state: RoundState) -> None:
-        self.state.add_round(state)
-        messages = state.messages()
-        if self.loop.restate_task and messages[-1]["role"] == "tool":
-            # Small models lose the thread after a tool result; the task, restated last,
-            # points them at the next step (the result itself is unchanged before it).
-            results = messages[-1]["content"]
-            last = dict(results[-1])
-            last["content"] = f"{last['content']}\n(Your task: {self.task})"
-            messages[-1] = {"role": "tool", "content": [*results[:-1], last]}
-        for message in messages:
-            self._add_history(message)
-
-    def _settle_budget(self, call: CallRecord) -> None:
-        if call.status == "ok":
-            self.budget.succeed(call.name)
-            return
-        error = _RecordedError((call.result or "").removeprefix("Error: "), tool=call.name)
-        left = self.budget.fail(call.name, error)
-        if call.status == "denied":
-            return
-        self.emit(
-            ev.ToolCallFailed(
-                run_id=self.run_id,
-                round=self.round,
-                call_id=call.call_id,
-                tool=call.name,
-                error_class=call.error_class or "ToolError",
-                message=call.result or "",
-                budget_left=left,
-            )
-        )
-
-    async def _admit(self, call: CallRecord) -> tuple[Tool, dict[str, Any]] | None:
-        """Guard steps in request order; None when the call was refused (and recorded)."""
-        by = "policy"
-        try:
-            arguments: Any = call.arguments if call.raw_arguments is None else call.raw_arguments
-            tool, args = self.guard.check(call.name, arguments)
-            call.arguments = args
-            decision = self.guard.approval(tool, args)
-            verdict: str = decision.verdict
-            by = decision.by
-            rule: str | None = decision.describe() if decision.rule is not None else None
-            if verdict == "ask":
-                verdict, rule = await self._ask(call, tool, args)
-                by = "user"
-            if verdict == "deny":
-                reason = "the operator" if by == "user" else f"the approval {decision.describe()}"
-                raise ToolDenied(
-                    f"calling {tool.name} was refused by {reason}",
-                    tool=tool.name,
-                    hint="Do not call it again with these arguments; answer without it or ask "
-                    "the user.",
-                )
-            self.emit(
-                ev.ToolCallApproved(
-                    run_id=self.run_id,
-                    round=self.round,
-                    call_id=call.call_id,
-                    tool=tool.name,
-                    by=by,
-                    rule=rule,
-                )
-            )
-            self.guard.admit(tool, args)
-        except RateLimited as exc:
-            self._deny(call, exc, by="rate_limit")
-            return None
-        except ToolDenied as exc:
-            self._deny(call, exc, by=by)
-            return None
-        except ToolRefused as exc:
-            self._deny(call, exc, by="validator")
-            return None
-        except ToolError as exc:
-            call.record("error", exc.to_model_text(), error_class=type(exc).__name__)
-            return None
-        return tool, args
-
-    def _deny(self, call: CallRecord, exc: ToolError, *, by: str) -> None:
-        call.record("denied", exc.to_model_text(), error_class=type(exc).__name__)
-        self.emit(
-            ev.ToolCallDenied(
-                run_id=self.run_id,
-                round=self.round,
-                call_id=call.call_id,
-                tool=call.name,
-                by=by,
-                reason=exc.message,
-            )
-        )
-
-    async def _ask(
-        self, call: CallRecord, tool: Tool, args: dict[str, Any]
-    ) -> tuple[str, str | None]:
-        """Ask the callback; returns (verdict, saved rule description or None)."""
-        self.emit(
-            ev.ApprovalRequested(
-                run_id=self.run_id,
-                round=self.round,
-                call_id=call.call_id,
-                tool=tool.name,
-                arguments=args,
-            )
-        )
-        if self.loop.approve is None:
-            raise ToolDenied(
-                f"{tool.name} needs approval and no one can be asked in this run",
-                tool=tool.name,
-                hint="Answer without this tool.",
-            )
-        scope = next((name for name, kind in tool.arg_kinds.items() if kind == "path"), None)
-        request = ApprovalRequest(call.call_id, tool.name, args, scope_argument=scope)
-        raw = self.loop.approve(request)
-        answer = await raw if inspect.isawaitable(raw) else raw
-        if isinstance(answer, str):
-            answer = ApprovalAnswer(answer)
-        saved = self.loop.policy.remember(tool.name, answer)
-        verdict = "allow" if answer.answer in ("yes", "always") else "deny"
-        return verdict, describe_rule(saved) if saved is not None else None
-
-    async def _run_tools(self, runnable: Sequence[tuple[CallRecord, Tool, dict[str, Any]]]) -> None:
-        if not runnable:
-            return
-        if len(runnable) == 1:
-            await self._run_tool(*runnable[0])  # the common case needs no task group
-            return
-        limit = asyncio.Semaphore(self.agent.max_parallel_tools)
-
-        async def one(call: CallRecord, tool: Tool, args: dict[str, Any]) -> None:
-            async with limit:
-                await self._run_tool(call, tool, args)
-
-        async with asyncio.TaskGroup() as group:
-            for call, tool, args in runnable:
-                group.create_task(one(call, tool, args))
-
-    async def _run_tool(self, call: CallRecord, tool: Tool, args: dict[str, Any]) -> None:
-        timeout = tool.timeout or self.agent.tool_timeout_ms / 1000
-        self.emit(
-            ev.ToolCallStarted(
-                run_id=self.run_id,
-                round=self.round,
-                call_id=call.call_id,
-                tool=tool.name,
-                arguments=args,
-            )
-        )
-        started = self.loop._clock()
-        error: ToolError | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                value = await tool.handler(args)
-        except ToolError as exc:
-            error = exc
-        except SecurityViolation as exc:
-            error = ToolRefused(exc.message, rule=exc.rule, tool=tool.name)
-        except TimeoutError:
-            error = ToolTimeoutError(
-                f"{tool.name} did not finish within {timeout:g} s",
-                tool=tool.name,
-                hint="Ask for less work at once, or answer without it.",
-            )
-        except Exception as exc:
-            error = ToolExecutionError(
-                f"{tool.name} failed: {type(exc).__name__}: {exc}", tool=tool.name
-            )
-        seconds = self.loop._clock() - started
-        if error is not None:
-            call.record(
-                "error",
-                error.to_model_text(),
-                error_class=type(error).__name__,
-                seconds=seconds,
-                executed=True,
-            )
-            return
-        text = result_text(value)
-        capped = cap_result(text, self.agent.max_tool_output_chars)
-        call.record(
-            "ok", capped, seconds=seconds, executed=True, truncated=len(capped) != len(text)
-        )
-        self.emit(
-            ev.ToolCallFinished(
-                run_id=self.run_id,
-                round=self.round,
-                call_id=call.call_id,
-                tool=tool.name,
-                seconds=seconds,
-                result_chars=len(capped),
-                truncated=call.truncated,
-            )
-        )
-
-
-class _RecordedError(ToolError):
-    """A failure already shown to the model, carried into the budget's final error."""
 
 
 def _text(role: str, text: str) -> dict[str, Any]:
