@@ -145,7 +145,7 @@ async def test_server_turns_every_failure_into_a_tool_error(tmp_path: Path) -> N
         exploded = await call("explode", {})
         assert exploded == (True, "Error: tool 'explode' failed: RuntimeError: kaboom")
         model = await call("refuse_model", {})
-        assert model == (True, "Error: the note does not exist List the notes first.")
+        assert model == (True, "Error: the note does not exist. List the notes first.")
         escape = await call("read", {"path": "../../etc/passwd"})
         assert escape[0] is True
         assert "refused" in escape[1]
