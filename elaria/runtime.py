@@ -22,12 +22,20 @@ reverse, even when start-up fails half-way):
 4. the :class:`~elaria.lmstudio.pool.ClientPool` and the predictor over it;
 5. the tool registry: the built-in ``python_tools`` for the workspace, the caller's tools, and
    the MCP bridge's tools when ``mcp.config`` is set — one registry, one guard for all;
-6. telemetry: the inference event log and the audit ledger, filled as each run goes.
+6. telemetry: the inference event log and the audit ledger, filled as each run goes, and
+   Elaria's redacted logging when nothing configured loguru yet (``configure_logging``);
+7. the health registry (:attr:`Runtime.health`: every component's stats plus a live probe of the
+   LM Studio hosts) and, with ``serve_health=True``, its HTTP server on ``settings.health``
+   (``GET /health``, ``GET /metrics``; :attr:`Runtime.health_url`).
+
+Hosts: every ``lmstudio.hosts`` entry is checked against ``security.allowed_remote_hosts`` and
+``lmstudio.allow_plaintext_remote`` before anything connects (a refused host is a ConfigError).
 
 Every run gets its own :class:`~elaria.agent.loop.AgentLoop` and
 :class:`~elaria.memory.history.ConversationHistory` (budget: the loaded model's context length),
 so concurrent ``run`` calls are independent; a :class:`ChatSession` keeps one history across
-turns.
+turns. Histories share one spill cache (``cache`` settings) and are registered with the memory
+monitor, which asks them to shed at its warning level. Log records made during a run carry its id.
 
 Loop confinement: a Runtime belongs to the event loop that started it. Cancelling a ``run`` (or
 leaving a ``stream`` early) cancels the prediction on the server and the running tools, and the
@@ -40,7 +48,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +73,34 @@ from elaria.agent.backend import (
 )
 from elaria.agent.guard import ArgumentValidator
 from elaria.agent.loop import AgentLoop, EventCallback, Predictor, RunResult
-from elaria.agent.recorder import Telemetry
+from elaria.agent.recorder import RunRecorder, Telemetry
 from elaria.agent.tools import ArgKind, Tool, ToolRegistry
 from elaria.config import Settings, load_settings
 from elaria.errors import ConfigError, ElariaError, RunError
+from elaria.lmstudio.connection import check_host
 from elaria.lmstudio.pool import ClientPool
+from elaria.memory.cache import Cache
 from elaria.memory.history import ConversationHistory
 from elaria.memory.monitor import MemoryMonitor
+from elaria.telemetry.health import (
+    DEFAULT_ASSESSORS,
+    STATS_TIMEOUT_S,
+    Assessor,
+    HealthRegistry,
+    HealthServer,
+    assess_hosts,
+    probe_hosts,
+)
 
 __all__ = ["ChatSession", "Runtime", "ToolLike"]
 
 #: A tool as callers give it: a Tool, or a typed function that becomes one.
 ToolLike = Tool | Callable[..., Any]
+#: Each host probe of a health snapshot gets at most this (twice: greeting, then model list),
+#: so that every probe fits in the snapshot's own per-section budget.
+HOST_PROBE_TIMEOUT_S = STATS_TIMEOUT_S / 2 - 0.25
+#: Histories listed one by one in the health snapshot; the totals count them all.
+HISTORIES_LISTED = 20
 
 
 class Runtime:
@@ -93,7 +118,11 @@ class Runtime:
         builtin_tools: bool = True,
         approve: ApprovalCallback | None = None,
         monitor: MemoryMonitor | None = None,
+        serve_health: bool = False,
+        configure_logging: bool | None = None,
     ) -> None:
+        """``serve_health``: serve ``/health`` and ``/metrics`` on ``settings.health`` while
+        running. ``configure_logging``: see :class:`~elaria.agent.recorder.Telemetry`."""
         base = settings if settings is not None else load_settings()
         updates: dict[str, Any] = {}
         if workspace is not None:
@@ -107,6 +136,9 @@ class Runtime:
                 update={"lmstudio": base.lmstudio.model_copy(update={"model": model})}, deep=True
             )
         self.settings = base
+        #: The hosts the operator configured: the health probe watches them even when the
+        #: backend resolved to others (an embedded fallback, the reachable subset).
+        self._configured_hosts = list(base.lmstudio.hosts)
         self.backend_choice = backend
         self._engine = engine
         self._extra_tools = list(tools)
@@ -120,6 +152,14 @@ class Runtime:
         self.policy: ApprovalPolicy | None = None
         self.validators: dict[ArgKind, ArgumentValidator] = {}
         self.telemetry: Telemetry | None = None
+        self.health = HealthRegistry()
+        self.health_server: HealthServer | None = None
+        self._serve_health = serve_health
+        self._configure_logging = configure_logging
+        self.spill_cache: Cache[str, str] = Cache(
+            base.cache.max_entries, base.cache.ttl_s, name="tool-results"
+        )
+        self._histories: weakref.WeakSet[ConversationHistory] = weakref.WeakSet()
         self._mcp: Any = None
         self._started = False
         self._closed = False
@@ -150,6 +190,8 @@ class Runtime:
 
     async def _start(self) -> None:
         self.settings = with_saved_rules(self.settings)
+        for host in self.settings.lmstudio.hosts:  # before discovery probes any of them
+            check_host(host, self.settings.lmstudio, self.settings.security)
         agent = self.settings.agent
         self.policy = ApprovalPolicy(agent, ApprovalStore(approvals_path(agent)))
         if self.monitor is None:
@@ -157,7 +199,8 @@ class Runtime:
             await self.monitor.start()
             self._stack.push_async_callback(self.monitor.stop)
         self.monitor.check_admission()
-        self.telemetry = Telemetry(self.settings)
+        self.monitor.register(self.spill_cache)
+        self.telemetry = Telemetry(self.settings, configure_logging=self._configure_logging)
         await self.telemetry.start()
         self._stack.push_async_callback(self.telemetry.close)
         self.backend = await self._stack.enter_async_context(
@@ -166,10 +209,29 @@ class Runtime:
         self.settings = self.backend.settings
         if self.backend.tiny_model:
             self.settings = _tiny_model_defaults(self.settings)
-        self.pool = ClientPool(self.settings.lmstudio, self.settings.reconnect)
+        self.pool = ClientPool.from_settings(self.settings)
         self._stack.push_async_callback(self.pool.close)
         self.predictor = self.backend.predictor(self.pool)
         await self._register_tools()
+        self._register_health()
+        if self._serve_health:
+            server = HealthServer(self.health, self.settings.health)
+            try:
+                await server.start()
+            except OSError as exc:
+                health = self.settings.health
+                raise ConfigError(
+                    f"cannot serve health on {health.host}:{health.port}: {exc.strerror or exc}",
+                    where="health.port",
+                    hint="Pick another health.port (0 picks a free one) or stop what holds it.",
+                ) from None
+            self.health_server = server
+            self._stack.push_async_callback(self._stop_health_server)
+
+    async def _stop_health_server(self) -> None:
+        server, self.health_server = self.health_server, None
+        if server is not None:
+            await server.stop()
 
     async def _register_tools(self) -> None:
         from elaria.mcp.firewall import default_validators
@@ -189,7 +251,10 @@ class Runtime:
                 ):
                     continue
                 self.registry.add(tool)
-        self.validators = default_validators([Path(r) for r in roots])
+        self.validators = default_validators(
+            [Path(r) for r in roots],
+            allowed_remote_hosts=self.settings.security.allowed_remote_hosts,
+        )
         for item in self._extra_tools:
             self.registry.add(item if isinstance(item, Tool) else Tool.from_function(item))
         if self.settings.mcp.config is not None:
@@ -207,6 +272,7 @@ class Runtime:
             self.settings.mcp,
             workspace=workspace,
             max_argument_chars=self.settings.agent.max_argument_chars,
+            allowed_remote_hosts=self.settings.security.allowed_remote_hosts,
         )
         self._mcp = bridge
         self._stack.push_async_callback(bridge.aclose)
@@ -254,23 +320,90 @@ class Runtime:
     def tools(self) -> list[Tool]:
         return list(self.registry)
 
+    @property
+    def health_url(self) -> str | None:
+        """``http://host:port/health`` while serving health (``serve_health=True``), else None."""
+        return None if self.health_server is None else f"{self.health_server.url}/health"
+
     def stats(self) -> dict[str, Any]:
-        """Every component's stats, for the health snapshot."""
+        """Every component's stats (cheap, no I/O) and the recent errors."""
+        return {**self._component_stats(), "recent_errors": self.health.recent_errors()}
+
+    def _component_stats(self) -> dict[str, Any]:
+        """The runtime's sections of the health snapshot (see :meth:`_register_health`)."""
         data: dict[str, Any] = {
             "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "runs_in_flight": len(self._runs),
             "backend": self.backend.describe() if self.backend else None,
             "tools": self.registry.names(),
-            "runs_in_flight": len(self._runs),
         }
+        breakers = self._breaker_stats()
         if self.pool is not None:
-            data["pool"] = self.pool.stats()
+            data["pool"] = self._pool_stats(self.pool, breakers.get("hosts", {}))
+            data["breakers"] = breakers
+            data["models"] = self._model_stats(self.pool)
         if self.monitor is not None:
             data["memory"] = self.monitor.stats()
+        data["caches"] = [self.spill_cache.stats()]
+        data["histories"] = self._history_stats()
         if self._mcp is not None:
             data["mcp"] = self._mcp.stats()
         if self.telemetry is not None:
             data["telemetry"] = self.telemetry.stats()
         return data
+
+    def _breaker_stats(self) -> dict[str, Any]:
+        stats = getattr(self.predictor, "stats", None)
+        breakers = stats().get("breakers") if callable(stats) else None
+        return dict(breakers) if isinstance(breakers, Mapping) else {}
+
+    def _pool_stats(self, pool: ClientPool, breakers: Mapping[str, Any]) -> dict[str, Any]:
+        """Per host of the backend: the pool's view (idle until first used) and its breaker."""
+        known = pool.stats()
+        hosts = list(self.settings.lmstudio.hosts) + [
+            h for h in known if h not in self.settings.lmstudio.hosts
+        ]
+        return {
+            url: {
+                **known.get(url, {"state": pool.state(url).value}),
+                "breaker": (breakers.get(url) or {}).get("state", "closed"),
+            }
+            for url in hosts
+        }
+
+    def _model_stats(self, pool: ClientPool) -> dict[str, Any]:
+        """The model asked for, and the handles the pool holds (loaded and in use) per host."""
+        return {
+            "model": self.settings.lmstudio.model,
+            "fallbacks": list(self.settings.lmstudio.models),
+            "handles": {url: h["cached_handles"] for url, h in pool.stats().items()},
+        }
+
+    def _history_stats(self) -> dict[str, Any]:
+        histories = [h.stats() for h in list(self._histories)]
+        return {
+            "active": len(histories),
+            "messages": sum(h["messages"] for h in histories),
+            "tokens": sum(h["tokens"] for h in histories),
+            "trimmed_messages": sum(h["trimmed_messages"] for h in histories),
+            "each": histories[:HISTORIES_LISTED],
+        }
+
+    def _register_health(self) -> None:
+        """The runtime's sections, each assessed; plus a live probe of every host."""
+        assessors: dict[str, Assessor] = dict(DEFAULT_ASSESSORS)
+        if self._mcp is not None:
+            from elaria.mcp.client import assess_mcp
+
+            assessors["mcp"] = assess_mcp
+        self.health.register_sections("runtime", self._component_stats, assessors=assessors)
+        self.health.register("hosts", self._probe_hosts, assess=assess_hosts)
+
+    async def _probe_hosts(self) -> list[dict[str, Any]]:
+        """The operator's configured hosts and the backend's, probed now (loaded models too)."""
+        hosts = list(dict.fromkeys([*self._configured_hosts, *self.settings.lmstudio.hosts]))
+        timeout = min(self.settings.lmstudio.probe_timeout_ms / 1000, HOST_PROBE_TIMEOUT_S)
+        return await probe_hosts(hosts, timeout)
 
     # ------------------------------------------------------------------ runs
 
@@ -306,7 +439,7 @@ class Runtime:
 
     async def new_history(self) -> ConversationHistory:
         """A history whose token budget comes from the loaded model."""
-        history = ConversationHistory(self.settings.history)
+        history = ConversationHistory(self.settings.history, spill_cache=self.spill_cache)
         if self.backend is not None and self.pool is not None:
             info = await self.backend.model_info(self.pool)
             if info.context_length:
@@ -339,19 +472,34 @@ class Runtime:
             )
         recorder = self.telemetry.recorder(run_id, task, provider=self._provider())
         loop = self._loop_for(history, tools, recorder.wrap(self.predictor))
+        # Registered after admission: memory pressure asks the run's history to shed.
+        assert self.monitor is not None
+        self.monitor.register(history)
+        self._histories.add(history)
         callback = _fan_out(recorder.on_event, on_event)
+        return await self._run_task(
+            run_id, lambda: loop.run(task, on_event=callback, run_id=run_id), recorder
+        )
 
+    async def _run_task(
+        self,
+        run_id: str,
+        body: Callable[[], Awaitable[RunResult]],
+        recorder: RunRecorder,
+    ) -> RunResult:
         async def recorded() -> RunResult:
-            try:
-                result = await loop.run(task, on_event=callback, run_id=run_id)
-            except asyncio.CancelledError:
-                recorder.finish(None, cancelled=True)
-                raise
-            except Exception as exc:
-                recorder.finish(None, error=exc)
-                raise
-            recorder.finish(result)
-            return result
+            with recorder.log_context():
+                try:
+                    result = await body()
+                except asyncio.CancelledError:
+                    recorder.finish(None, cancelled=True)
+                    raise
+                except Exception as exc:
+                    recorder.finish(None, error=exc)
+                    self.health.record_error(exc, where=f"run {run_id}")
+                    raise
+                recorder.finish(result)
+                return result
 
         # A task of its own, so close() can cancel exactly the run (never the caller's task);
         # cancelling the caller cancels it too, since it is what the caller awaits.

@@ -10,15 +10,26 @@
 * writes the audit record in :meth:`RunRecorder.finish`, which the runtime calls in a
   ``finally``-equivalent path for success, failure and cancellation alike.
 
+Logging: :meth:`Telemetry.start` sets up Elaria's logging
+(:func:`~elaria.telemetry.logging.setup_logging`: the redaction patcher, ``diagnose=False``, the
+JSONL files) when nothing configured loguru yet — only loguru's own default handler, or none —
+so a library user gets the same redacted logs as the CLI. A configuration someone else made (the
+CLI's, the caller's own ``logger.add``) is left alone. The last Telemetry that set logging up puts
+back a plain stderr handler when it closes, leaving loguru as it found it. Each run's
+:meth:`RunRecorder.log_context` makes every log record of the run carry its id.
+
 Recording never disturbs a run: sinks drop and count instead of raising. Loop-confined.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -28,36 +39,52 @@ from elaria.config import Settings
 from elaria.lmstudio.rounds import FragmentCallback, RoundRequest, RoundResult
 from elaria.telemetry.events import EventLog
 from elaria.telemetry.ledger import AuditLedger, RequestContext
+from elaria.telemetry.logging import logging_stats, reset_logging, run_context, setup_logging
 
-__all__ = ["RunRecorder", "Telemetry"]
+if TYPE_CHECKING:
+    from loguru import Message
+
+__all__ = ["RunRecorder", "Telemetry", "logging_is_configured"]
 
 
 class Telemetry:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, configure_logging: bool | None = None) -> None:
+        """``configure_logging``: True always sets up Elaria's logging, False never, None (the
+        default) only when nothing configured loguru yet (see the module docstring)."""
         self.settings = settings
         self.events: EventLog | None = (
             EventLog.from_settings(settings) if settings.telemetry.events else None
         )
         self.ledger = _open_ledger(settings)
+        self._configure_logging = configure_logging
+        self.owns_logging = False
 
     async def start(self) -> None:
+        self.owns_logging = _claim_logging(self.settings, self._configure_logging)
         if self.events is not None:
             await self.events.start()
         if self.ledger is not None:
             await self.ledger.start()
 
     async def close(self) -> None:
-        if self.events is not None:
-            await self.events.aclose()
-        if self.ledger is not None:
-            await self.ledger.aclose()
+        try:
+            if self.events is not None:
+                await self.events.aclose()
+            if self.ledger is not None:
+                await self.ledger.aclose()
+        finally:
+            if self.owns_logging:
+                self.owns_logging = False
+                _release_logging()
 
     def stats(self) -> dict[str, Any]:
+        """``{"events", "ledger", "logs"}``, each with its own ``status`` and ``reasons``."""
         data: dict[str, Any] = {}
         if self.events is not None:
             data["events"] = self.events.stats()
         if self.ledger is not None:
             data["ledger"] = self.ledger.stats()
+        data["logs"] = logging_stats()
         return data
 
     def recorder(self, run_id: str, task: str, *, provider: str) -> RunRecorder:
@@ -72,6 +99,12 @@ class RunRecorder:
         self.started = time.monotonic()
         self.context = _new_context(telemetry, run_id, task)
         self.rounds = 0
+
+    @contextlib.contextmanager
+    def log_context(self) -> Iterator[str]:
+        """Log records made inside (and in tasks started inside) carry this run's id."""
+        with run_context(self.run_id) as run_id:
+            yield run_id
 
     # ------------------------------------------------------------------ rounds
 
@@ -183,3 +216,50 @@ def _call(target: Any, method: str, **kwargs: Any) -> None:
         getattr(target, method)(**kwargs)
     except Exception:
         logger.opt(exception=True).bind(kind="telemetry").warning("audit {} failed", method)
+
+
+# ------------------------------------------------------------------ logging for library users
+
+#: Telemetry instances sharing the logging setup one of them made; the last one undoes it.
+_logging_users = 0
+#: Handler ids that are loguru's stock stderr handler (id 0 at import; the one we put back).
+_stock_handlers: set[int] = {0}
+
+
+def logging_is_configured() -> bool:
+    """True when loguru has a handler other than its stock stderr one (someone chose sinks)."""
+    handlers = getattr(getattr(logger, "_core", None), "handlers", None)
+    if not isinstance(handlers, dict):
+        return True  # an unknown loguru: assume someone configured it, and leave it alone
+    return bool(set(handlers) - _stock_handlers)
+
+
+def _claim_logging(settings: Settings, configure: bool | None) -> bool:
+    """Set logging up if asked (or, with None, if nobody did); True if this caller must release."""
+    global _logging_users
+    if configure is False:
+        return False
+    if _logging_users > 0:  # another Runtime set it up already: share it
+        _logging_users += 1
+        return True
+    if configure is None and logging_is_configured():
+        return False
+    setup_logging(settings.logging)
+    _logging_users = 1
+    return True
+
+
+def _to_current_stderr(message: Message) -> None:
+    sys.stderr.write(message)
+
+
+def _release_logging() -> None:
+    global _logging_users
+    _logging_users -= 1
+    if _logging_users > 0:
+        return
+    reset_logging()
+    # Put back what loguru starts with, resolving sys.stderr at write time (it may be swapped).
+    handler = logger.add(_to_current_stderr, level="DEBUG")
+    _stock_handlers.clear()
+    _stock_handlers.add(handler)

@@ -13,6 +13,10 @@ The overall status is the worst section status. The built-in assessors:
   critical -> unhealthy;
 * :func:`assess_hosts` (a list of ``{"host", "state" or "up", "breaker"?}``, or the same list
   under ``"hosts"``): a host down or a breaker open -> degraded, every host down -> unhealthy;
+* :func:`assess_breakers` (a :class:`~elaria.resilience.breaker.BreakerRegistry`'s stats): a
+  breaker open or half-open -> degraded;
+* :func:`assess_nested` (``{"events": {"status": ...}, "ledger": {...}}``, as telemetry reports):
+  the worst status found at the top or one level down, with the parts' reasons;
 * the default, :func:`assess_generic`: a ``"status"`` key, or a ``"level"`` of warning/critical.
 
 A section whose ``stats_fn`` raises or times out shows ``{"error": ...}`` and is degraded.
@@ -56,9 +60,11 @@ __all__ = [
     "HealthRegistry",
     "HealthServer",
     "Status",
+    "assess_breakers",
     "assess_generic",
     "assess_hosts",
     "assess_memory",
+    "assess_nested",
     "exit_code",
     "machine_registry",
     "probe_host",
@@ -136,6 +142,38 @@ def assess_hosts(stats: Any) -> Assessment:
     return ("degraded" if reasons else "ok"), reasons
 
 
+def assess_breakers(stats: Any) -> Assessment:
+    """``{"hosts": {name: {"state"}}, "models": {...}}``: any breaker not closed degrades."""
+    reasons: list[str] = []
+    groups = stats.values() if isinstance(stats, Mapping) else ()
+    for group in groups:
+        if not isinstance(group, Mapping):
+            continue
+        for name, breaker in group.items():
+            state = breaker.get("state") if isinstance(breaker, Mapping) else breaker
+            if str(state).lower() in {"open", "half-open", "half_open"}:
+                reasons.append(f"breaker {name} is {state}")
+    return ("degraded" if reasons else "ok"), reasons
+
+
+def assess_nested(stats: Any) -> Assessment:
+    """The worst of the value's own status and its parts' (one level down), with reasons named
+    by part: a failing event log degrades telemetry even though telemetry has no status."""
+    status, reasons = assess_generic(stats)
+    if not isinstance(stats, Mapping):
+        return status, reasons
+    for key, part in stats.items():
+        if not isinstance(part, Mapping):
+            continue
+        part_status, why = assess_generic(part)
+        if _RANK[part_status] > _RANK[status]:
+            status = part_status
+        reasons += [f"{key}: {r}" for r in why]
+        if part_status != "ok" and not why:
+            reasons.append(f"{key} is {part_status}")
+    return status, reasons
+
+
 def _host_list(stats: Any) -> list[Any]:
     if isinstance(stats, Mapping) and isinstance(stats.get("hosts"), list):
         return list(stats["hosts"])
@@ -183,6 +221,8 @@ DEFAULT_ASSESSORS: Mapping[str, Assessor] = {
     "memory": assess_memory,
     "pool": assess_hosts,
     "hosts": assess_hosts,
+    "breakers": assess_breakers,
+    "telemetry": assess_nested,
 }
 
 
@@ -226,6 +266,10 @@ class HealthRegistry:
             }
         )
 
+    def recent_errors(self) -> list[dict[str, Any]]:
+        """The errors kept for the snapshot, oldest first (a copy)."""
+        return list(self._errors)
+
     async def snapshot(self) -> dict[str, Any]:
         sections: dict[str, Any] = {}
         statuses: dict[str, Status] = {}
@@ -244,7 +288,7 @@ class HealthRegistry:
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "section_status": statuses,
             "sections": sections,
-            "recent_errors": list(self._errors),
+            "recent_errors": self.recent_errors(),
         }
         self._last = snap
         return snap
