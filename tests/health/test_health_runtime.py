@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from elaria.config import Settings
 from elaria.embedded import ScriptedEngine, reply, tool_call
+from elaria.errors import ConfigError
 from elaria.runtime import Runtime
 from elaria.telemetry.health import HealthRegistry, assess_breakers, assess_nested
 
@@ -191,3 +194,27 @@ async def test_recent_errors_are_a_copy() -> None:
     errors = registry.recent_errors()
     errors.clear()
     assert registry.recent_errors()[0]["message"] == "boom"
+
+
+async def test_the_runtime_serves_metrics_and_refuses_a_busy_port_readably() -> None:
+    async with Runtime(
+        settings(), engine=ScriptedEngine(), builtin_tools=False, serve_health=True
+    ) as rt:
+        assert rt.health_server is not None
+        host, port = rt.health_server.address
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), WAIT_S)
+        writer.close()
+        await writer.wait_closed()
+        assert raw.startswith(b"HTTP/1.1 200")
+        (backend_host,) = rt.settings.lmstudio.hosts
+        assert f'elaria_host_up{{host="{backend_host}"}} 1.0'.encode() in raw
+
+        taken = settings(health={"host": host, "port": port})
+        with pytest.raises(ConfigError) as refused:
+            async with Runtime(taken, engine=ScriptedEngine(), serve_health=True):
+                pass
+        assert refused.value.where == "health.port"
+        assert str(port) in str(refused.value)
