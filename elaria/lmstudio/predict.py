@@ -16,8 +16,13 @@ session's channel, wrapped in ``AsyncPredictionStream``, events read through
 ``on_fragment`` runs on the loop for each text fragment; if it raises, the error is logged and
 the round goes on (a broken display is not a backend failure to fail over from).
 
-Tool schemas go to the server as ``rawTools`` (``{"type": "toolArray", "tools": [...]}``);
-``request.tools=None`` sends none (the last round). Uses SDK internals pinned to lmstudio 1.5
+Tool schemas go to the server as the SDK's ``LlmToolUseSettingToolArray`` (what ``act()`` sends),
+so the SDK puts them under its own config key and never camelCases the schemas' own keys (a
+plain ``rawTools`` dict would turn ``file_path`` into ``filePath`` in ``properties`` but not in
+``required``). That struct models only ``type``, ``properties``, ``required`` and
+``additionalProperties`` of a tool's parameters and drops the rest (``$defs``, ``description``),
+so the field's value is then replaced by the schemas exactly as given. ``request.tools=None``
+sends none (the last round). Uses SDK internals pinned to lmstudio 1.5
 (``_create_channel``, ``_iter_events``, ``_channel``); ``tests/lmstudio`` guards them.
 Errors are the SDK's (or ours for deadlines); :mod:`elaria.lmstudio.failover` classifies them.
 """
@@ -31,9 +36,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import lmstudio
+from lmstudio._sdk_models import LlmTool, LlmToolUseSettingToolArray
 from lmstudio.history import Chat
 from lmstudio.json_api import (
     ChatResponseEndpoint,
+    LlmPredictionConfig,
     PredictionFragmentEvent,
     PredictionToolCallEvent,
 )
@@ -56,8 +63,16 @@ __all__ = ["predict_round"]
 class _RoundEndpoint(ChatResponseEndpoint):
     """``ChatResponseEndpoint`` that records failed tool-call generations instead of failing."""
 
-    def __init__(self, identifier: str, chat: Chat, config: dict[str, Any]) -> None:
-        super().__init__(identifier, chat, None, cast(Any, config))
+    def __init__(
+        self,
+        identifier: str,
+        chat: Chat,
+        config: LlmPredictionConfig,
+        tools: list[dict[str, Any]] | None,
+    ) -> None:
+        super().__init__(identifier, chat, None, config)
+        if tools is not None:
+            _send_tools_verbatim(self._creation_params, tools)
         self.malformed: list[MalformedCall] = []
 
     def iter_message_events(self, contents: Any) -> Iterable[Any]:
@@ -79,15 +94,29 @@ def _malformed(message: Mapping[str, Any]) -> MalformedCall:
     return MalformedCall(error=text, raw=raw if isinstance(raw, str) else None)
 
 
-def prediction_config(request: RoundRequest, settings: LMStudioSettings) -> dict[str, Any]:
-    """The SDK's ``LlmPredictionConfigDict`` for ``request`` (settings fill the gaps)."""
-    config: dict[str, Any] = {
-        "temperature": settings.temperature if request.temperature is None else request.temperature,
-        "maxTokens": settings.max_tokens if request.max_tokens is None else request.max_tokens,
-    }
+def prediction_config(request: RoundRequest, settings: LMStudioSettings) -> LlmPredictionConfig:
+    """The SDK's ``LlmPredictionConfig`` for ``request`` (settings fill the gaps)."""
+    config = LlmPredictionConfig(
+        temperature=settings.temperature if request.temperature is None else request.temperature,
+        max_tokens=settings.max_tokens if request.max_tokens is None else request.max_tokens,
+    )
     if request.tools is not None:
-        config["rawTools"] = {"type": "toolArray", "tools": [dict(t) for t in request.tools]}
+        config.raw_tools = LlmToolUseSettingToolArray(
+            tools=[LlmTool._from_api_dict(cast(Any, t)) for t in request.tools]
+        )
     return config
+
+
+def _send_tools_verbatim(params: Any, tools: list[dict[str, Any]]) -> None:
+    """Replace the tool array the SDK built from its struct by ``tools`` as given."""
+    for layer in params["predictionConfigStack"]["layers"]:
+        for config_field in layer["config"]["fields"]:
+            value = config_field.get("value")
+            if isinstance(value, Mapping) and value.get("type") == "toolArray":
+                config_field["value"] = {"type": "toolArray", "tools": tools}
+                return
+    # Only an SDK upgrade that moved the tools can get here; tests/lmstudio guards it.
+    raise RuntimeError("lmstudio SDK did not put the tool array in the prediction config")
 
 
 async def predict_round(
@@ -99,7 +128,8 @@ async def predict_round(
 ) -> RoundResult:
     """Run one round for the loaded model ``identifier`` on ``lease``'s client."""
     chat = Chat.from_history(cast(Any, {"messages": [dict(m) for m in request.messages]}))
-    endpoint = _RoundEndpoint(identifier, chat, prediction_config(request, settings))
+    tools = None if request.tools is None else [dict(t) for t in request.tools]
+    endpoint = _RoundEndpoint(identifier, chat, prediction_config(request, settings), tools)
     session = lease.client.llm
     # Imported here: AsyncPredictionStream lives with the async API, which this module wraps.
     from lmstudio.async_api import AsyncPredictionStream

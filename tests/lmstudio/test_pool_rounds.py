@@ -235,3 +235,52 @@ async def test_a_callers_own_bug_is_not_disguised_as_a_backend_error(
             async with pool.lease(server.ws_url):
                 raise KeyError("a bug in the caller")
         assert pool.stats()[server.ws_url]["state"] == "connected"  # and no eviction
+
+
+#: Everything the SDK's dict path used to mangle: snake_case names (camelCased in ``properties``
+#: but not in ``required``), ``$defs`` (dropped by the SDK's tool struct), nested objects and
+#: ``additionalProperties``.
+READ_FILE_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "read_file",
+        "description": "Read lines of a file",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "file_path": {"type": "string"},
+                "start_line": {"type": "integer"},
+                "line_range": {
+                    "type": "object",
+                    "properties": {
+                        "first_line": {"$ref": "#/$defs/line_number"},
+                        "last_line": {"$ref": "#/$defs/line_number"},
+                    },
+                    "required": ["first_line"],
+                    "additionalProperties": False,
+                },
+            },
+            "required": ["file_path", "start_line"],
+            "$defs": {"line_number": {"type": "integer", "minimum": 1}},
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+async def test_tool_schemas_reach_the_server_exactly_as_given(
+    server: EmbeddedServer, engine: ScriptedEngine, lms_settings: LMStudioSettings
+) -> None:
+    engine.script(reply("ok"), reply("done"))
+    tools = [READ_FILE_TOOL, ADD_TOOL]
+    async with ClientPool(lms_settings) as pool, pool.lease(server.ws_url) as lease:
+        handle = await pool.model_handle(lease, "scripted-llm")
+        await predict_round(
+            lease, handle.identifier, RoundRequest([user("read")], tools=tools), lms_settings
+        )
+        await predict_round(
+            lease, handle.identifier, RoundRequest([user("answer")], tools=None), lms_settings
+        )
+    with_tools, last_round = engine.requests[-2:]
+    assert with_tools.tools == tools
+    assert last_round.tools is None
