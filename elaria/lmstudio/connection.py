@@ -5,6 +5,8 @@
 * :class:`Connection`: one live client; ``lost`` is set the moment the pool evicts it.
 * :class:`Lease`: what a caller holds inside ``async with pool.lease(host)``;
   :meth:`Lease.run` bounds one await and aborts it when the client is evicted.
+* :class:`StreamGuard` (``async with lease.guard()``): the same two bounds for a sequence of
+  awaits in the calling task (a prediction stream), with one timer and no task per await.
 
 Loop-confined (one event loop); nothing here starts a task of its own except the step task of
 :meth:`Lease.run`, which never outlives the call.
@@ -16,7 +18,8 @@ import asyncio
 import contextlib
 import enum
 import urllib.parse
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import TypeVar
 
 import httpx
@@ -32,6 +35,7 @@ __all__ = [
     "Connection",
     "HostState",
     "Lease",
+    "StreamGuard",
     "api_host_of",
     "check_host",
     "close_client_quietly",
@@ -117,6 +121,19 @@ class Connection:
         self.owner = owner
         self.stop = stop
         self.lost = asyncio.Event()
+        self._lost_callbacks: set[Callable[[], None]] = set()
+
+    def mark_lost(self) -> None:
+        """Evicted: set ``lost`` and tell every :class:`StreamGuard` watching this client."""
+        self.lost.set()
+        for callback in list(self._lost_callbacks):
+            callback()
+        self._lost_callbacks.clear()
+
+    def on_lost(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (on the loop) when the client is evicted; returns the unsubscriber."""
+        self._lost_callbacks.add(callback)
+        return lambda: self._lost_callbacks.discard(callback)
 
 
 class Lease:
@@ -167,6 +184,103 @@ class Lease:
         if lost in done:
             raise HostDown(f"connection lost during {operation}", host=self.host)
         raise ElariaTimeoutError(operation, timeout, where=self.host)
+
+    def guard(self) -> StreamGuard:
+        """Bounds for a sequence of awaits made by the calling task; see :class:`StreamGuard`."""
+        return StreamGuard(self.host, self._conn)
+
+
+class StreamGuard:
+    """One deadline and one eviction watch over the awaits of an ``async with`` block.
+
+    A prediction stream awaits once per fragment; :meth:`Lease.run` would cost a task, a watcher
+    and an ``asyncio.wait`` each time. Here the awaits run in the calling task itself and
+    :meth:`expect` (called before each await) moves a single deadline. When the deadline passes or
+    the client is evicted, the calling task is cancelled, which cancels the await in progress, and
+    the block ends with :class:`~elaria.errors.ElariaTimeoutError` (naming the operation last
+    expected) or :class:`~elaria.errors.HostDown`. A cancellation from outside passes through as
+    ``CancelledError``, even when it races one of ours.
+
+    The cancel can only land inside the block: the timer and the eviction callback act only while
+    the block is active, and the task is then suspended at one of the block's awaits. The timer is
+    re-armed lazily: a deadline that moves later (the usual case, one more fragment) is noticed
+    when the old one fires, so a fast stream does not touch the loop's timer heap per fragment.
+    """
+
+    def __init__(self, host: str, conn: Connection) -> None:
+        self.host = host
+        self._conn = conn
+        self._operation = ""
+        self._limit_s = 0.0
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._fired: ElariaTimeoutError | HostDown | None = None
+        self._active = False
+
+    def expect(self, operation: str, within_s: float, *, reported_s: float | None = None) -> None:
+        """The next await must finish within ``within_s`` seconds from now; on expiry the block
+        fails with ``ElariaTimeoutError(operation, reported_s or within_s)``."""
+        loop = asyncio.get_running_loop()
+        self._operation = operation
+        self._limit_s = within_s if reported_s is None else reported_s
+        self._deadline = loop.time() + max(0.0, within_s)
+        if self._timer is None or self._deadline < self._timer.when():
+            self._arm(loop)
+
+    async def __aenter__(self) -> StreamGuard:
+        if self._conn.lost.is_set():
+            raise HostDown("the connection was replaced", host=self.host)
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - always called from a task
+            raise RuntimeError("StreamGuard needs a running task")
+        self._task = task
+        self._unsubscribe = self._conn.on_lost(self._on_lost)
+        self._active = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._active = False
+        self._unsubscribe()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        fired = self._fired
+        if fired is None:
+            return
+        # Our cancel was requested: withdraw it; if another one remains, that one wins.
+        if self._task.uncancel() > 0 or exc_type is None:
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            raise fired from None  # the cancel was only our means of interrupting the await
+        raise fired from exc
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(self._deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._active or self._fired is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # moved later since this timer was armed
+            self._arm(loop)
+            return
+        self._fire(ElariaTimeoutError(self._operation, self._limit_s, where=self.host))
+
+    def _on_lost(self) -> None:
+        if self._active and self._fired is None:
+            self._fire(HostDown(f"connection lost during {self._operation}", host=self.host))
+
+    def _fire(self, error: ElariaTimeoutError | HostDown) -> None:
+        self._fired = error
+        self._task.cancel()
 
 
 def is_refusal(exc: BaseException) -> bool:

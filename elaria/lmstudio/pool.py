@@ -321,7 +321,7 @@ class ClientPool:
     def _evict(self, h: _Host, conn: Connection, reason: str) -> None:
         if conn.lost.is_set():
             return
-        conn.lost.set()
+        conn.mark_lost()
         conn.stop.set()
         if h.conn is conn:
             h.conn = None

@@ -47,7 +47,7 @@ from lmstudio.json_api import (
 from loguru import logger
 
 from elaria.config import LMStudioSettings
-from elaria.errors import ElariaTimeoutError, HostDown
+from elaria.errors import HostDown
 from elaria.lmstudio.connection import CANCEL_SEND_TIMEOUT_S, Lease
 from elaria.lmstudio.rounds import (
     FragmentCallback,
@@ -141,46 +141,47 @@ async def predict_round(
     gap_s = settings.fragment_gap_timeout_ms / 1000
     calls: list[RequestedCall] = []
     ttft: float | None = None
-    await lease.run(stream.start(), _bounded(gap_s, deadline), "open prediction")
-    channel = stream._channel
-    events = stream._iter_events().__aiter__()
+    channel: Any = None
+    events: Any = None
     try:
-        while True:
-            step_s = first_token_s if ttft is None else gap_s
-            remaining = deadline - time.monotonic()
-            if remaining <= step_s:
-                step_s, operation = max(0.0, remaining), "prediction"
-            else:
-                operation = "first token" if ttft is None else "gap between fragments"
-            try:
-                event = await lease.run(events.__anext__(), step_s, operation)
-            except StopAsyncIteration:
-                break
-            except ElariaTimeoutError as exc:
-                if exc.operation != "prediction":
-                    raise
-                raise ElariaTimeoutError(
-                    "prediction", settings.timeout_s, where=lease.host
-                ) from exc
-            if isinstance(event, PredictionFragmentEvent):
-                if ttft is None:
-                    ttft = time.monotonic() - started
-                _notify(on_fragment, event.arg.content)
-            elif isinstance(event, PredictionToolCallEvent):
-                call = event.arg
-                args = call.arguments
-                calls.append(
-                    RequestedCall(
-                        name=call.name,
-                        arguments=dict(args) if args is not None else None,
-                        id=call.id,
+        # One guard for the whole prediction: a task and a wait per stream event cost more
+        # than the SDK's own work per fragment.
+        async with lease.guard() as guard:
+            guard.expect("open prediction", _bounded(gap_s, deadline))
+            await stream.start()
+            channel = stream._channel
+            events = stream._iter_events().__aiter__()
+            while True:
+                step_s = first_token_s if ttft is None else gap_s
+                remaining = deadline - time.monotonic()
+                if remaining <= step_s:
+                    guard.expect("prediction", remaining, reported_s=settings.timeout_s)
+                else:
+                    guard.expect("first token" if ttft is None else "gap between fragments", step_s)
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+                if isinstance(event, PredictionFragmentEvent):
+                    if ttft is None:
+                        ttft = time.monotonic() - started
+                    _notify(on_fragment, event.arg.content)
+                elif isinstance(event, PredictionToolCallEvent):
+                    call = event.arg
+                    args = call.arguments
+                    calls.append(
+                        RequestedCall(
+                            name=call.name,
+                            arguments=dict(args) if args is not None else None,
+                            id=call.id,
+                        )
                     )
-                )
     except BaseException as exc:
-        if _server_may_still_be_generating(exc):
+        if channel is not None and _server_may_still_be_generating(exc):
             await _send_cancel(channel, lease.host)
-        with contextlib.suppress(Exception):
-            await events.aclose()  # type: ignore[attr-defined]
+        if events is not None:
+            with contextlib.suppress(Exception):
+                await events.aclose()
         raise
     result = stream.result()
     stats = result.stats
