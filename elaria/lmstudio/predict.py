@@ -36,8 +36,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import lmstudio
+import msgspec
 from lmstudio._sdk_models import LlmTool, LlmToolUseSettingToolArray
-from lmstudio.history import Chat
+from lmstudio.history import Chat, ChatHistoryData
 from lmstudio.json_api import (
     ChatResponseEndpoint,
     LlmPredictionConfig,
@@ -127,7 +128,7 @@ async def predict_round(
     on_fragment: FragmentCallback | None = None,
 ) -> RoundResult:
     """Run one round for the loaded model ``identifier`` on ``lease``'s client."""
-    chat = Chat.from_history(cast(Any, {"messages": [dict(m) for m in request.messages]}))
+    chat = _chat(request.messages)
     tools = None if request.tools is None else [dict(t) for t in request.tools]
     endpoint = _RoundEndpoint(identifier, chat, prediction_config(request, settings), tools)
     session = lease.client.llm
@@ -197,6 +198,21 @@ async def predict_round(
         host=lease.host,
         model=identifier,
     )
+
+
+def _chat(messages: Iterable[Mapping[str, Any]]) -> Chat:
+    """The SDK chat for ``messages`` in the history wire format, taken as they are.
+
+    ``Chat.from_history`` re-adds every message through the SDK's public helpers, which costs
+    a tenth of a millisecond per message and camelCases the keys of earlier tool calls'
+    arguments (the model would see its own ``file_path`` come back as ``filePath``). One msgspec
+    conversion of the wire format does neither; only shapes it rejects (a plain string as
+    content) take the lenient path."""
+    history: Any = {"messages": [dict(m) for m in messages]}
+    try:
+        return Chat(_initial_history=ChatHistoryData._from_api_dict(history))
+    except msgspec.ValidationError:
+        return Chat.from_history(history)
 
 
 def _bounded(step_s: float, deadline: float) -> float:

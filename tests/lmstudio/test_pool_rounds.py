@@ -284,3 +284,38 @@ async def test_tool_schemas_reach_the_server_exactly_as_given(
     with_tools, last_round = engine.requests[-2:]
     assert with_tools.tools == tools
     assert last_round.tools is None
+
+
+async def test_history_reaches_the_server_as_given_and_plain_string_content_is_accepted(
+    server: EmbeddedServer, engine: ScriptedEngine, lms_settings: LMStudioSettings
+) -> None:
+    engine.script(reply("ok"), reply("ok too"))
+    call = {
+        "type": "function",
+        "id": "call_1",
+        "name": "read_file",
+        "arguments": {"file_path": "a.txt", "line_range": {"first_line": 1}},
+    }
+    history: list[dict[str, Any]] = [
+        user("read a.txt"),
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": ""},
+                {"type": "toolCallRequest", "toolCallRequest": call},
+            ],
+        },
+        {
+            "role": "tool",
+            "content": [{"type": "toolCallResult", "content": "hello", "toolCallId": "call_1"}],
+        },
+    ]
+    async with ClientPool(lms_settings) as pool, pool.lease(server.ws_url) as lease:
+        handle = await pool.model_handle(lease, "scripted-llm")
+        await predict_round(lease, handle.identifier, RoundRequest(history), lms_settings)
+        lenient = RoundRequest([{"role": "user", "content": "plain text"}])
+        await predict_round(lease, handle.identifier, lenient, lms_settings)
+    exact, normalised = engine.requests[-2:]
+    # Earlier tool calls keep their snake_case argument names (the SDK's helpers camelCase them).
+    assert exact.messages == history
+    assert normalised.messages == [user("plain text")]
