@@ -434,7 +434,6 @@ class Runtime:
             policy=self.policy,
             validators=self.validators,
             approve=self.approve,
-            restate_task=self.backend is not None and self.backend.tiny_model,
         )
 
     async def new_history(self) -> ConversationHistory:
