@@ -27,6 +27,7 @@ Contract:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from elaria.security.redact import redact
+from elaria.security.redact import redact, redact_text
 from elaria.telemetry.logging import current_request_id, current_run_id, new_id
 from elaria.telemetry.paths import resolve_telemetry_path
 from elaria.telemetry.writer import JsonlFile, LineWriter
@@ -62,8 +63,9 @@ ROTATED_FILES_KEPT: Final = 10
 COST_WARNING_PER_1K: Final = 100.0
 
 Provider = Literal["lmstudio", "embedded"]
-#: Fields that can carry text from outside (configuration, servers, callers): redacted on write.
-_FREE_TEXT_FIELDS: Final = (
+#: Text fields that can carry text from outside (configuration, servers, callers): redacted on
+#: write. The rest are numbers, flags, a literal and our timestamp: nothing to redact.
+_TEXT_FIELDS: Final = (
     "request_id",
     "run_id",
     "tenant",
@@ -72,8 +74,10 @@ _FREE_TEXT_FIELDS: Final = (
     "host",
     "model",
     "error_class",
-    "meta",
 )
+#: Distinct texts whose redaction is remembered: hosts, models, tenants and error classes
+#: repeat on every line; fresh ids pass through once and age out.
+_REDACTED_TEXTS_CACHED: Final = 1024
 
 
 class InferenceEvent(BaseModel):
@@ -102,13 +106,32 @@ class InferenceEvent(BaseModel):
 
     def to_line(self) -> bytes:
         """The redacted JSON line (with its newline) this event is stored as."""
-        data = self.model_dump(mode="json")
-        for key in _FREE_TEXT_FIELDS:  # the rest are numbers, flags, ids and our timestamp
-            if data[key] is not None:
-                data[key] = redact(data[key])
-        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
-            "utf-8", "backslashreplace"
-        )
+        changed: dict[str, Any] = {}
+        for key in _TEXT_FIELDS:
+            value = getattr(self, key)
+            if value is not None:
+                cleaned = _redacted(value)
+                if cleaned is not value:
+                    changed[key] = cleaned
+        if self.meta:
+            meta = redact(self.meta)
+            if meta != self.meta:
+                changed["meta"] = meta
+        event = self.model_copy(update=changed) if changed else self
+        try:
+            # pydantic's serialiser: the same compact JSON as json.dumps, a few times faster.
+            return event.model_dump_json().encode() + b"\n"
+        except ValueError:  # text that UTF-8 cannot hold (a lone surrogate): escape it
+            data = event.model_dump(mode="json")
+            return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+                "utf-8", "backslashreplace"
+            )
+
+
+@functools.lru_cache(maxsize=_REDACTED_TEXTS_CACHED)
+def _redacted(text: str) -> str:
+    """``redact_text`` remembered: it is a pure function of its argument."""
+    return redact_text(text)
 
 
 def cost_usd(tokens_in: int, tokens_out: int, cost_per_1k_tokens: float) -> float:
