@@ -79,8 +79,9 @@ class _RoundEndpoint(ChatResponseEndpoint):
     def iter_message_events(self, contents: Any) -> Iterable[Any]:
         if isinstance(contents, Mapping) and contents.get("type") == "toolCallGenerationFailed":
             self.malformed.append(_malformed(contents))
-            return
-        yield from super().iter_message_events(contents)
+            return ()
+        # The SDK's own iterator, not one more generator layer per stream message.
+        return super().iter_message_events(contents)
 
 
 def _malformed(message: Mapping[str, Any]) -> MalformedCall:
