@@ -215,11 +215,14 @@ class StreamGuard:
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._fired: ElariaTimeoutError | HostDown | None = None
+        self._cancel_requested = False
         self._active = False
 
     def expect(self, operation: str, within_s: float, *, reported_s: float | None = None) -> None:
         """The next await must finish within ``within_s`` seconds from now; on expiry the block
         fails with ``ElariaTimeoutError(operation, reported_s or within_s)``."""
+        if self._fired is not None and not self._cancel_requested:
+            raise self._fired
         loop = asyncio.get_running_loop()
         self._operation = operation
         self._limit_s = within_s if reported_s is None else reported_s
@@ -250,7 +253,7 @@ class StreamGuard:
             self._timer.cancel()
             self._timer = None
         fired = self._fired
-        if fired is None:
+        if fired is None or not self._cancel_requested:
             return
         # Our cancel was requested: withdraw it; if another one remains, that one wins.
         if self._task.uncancel() > 0 or exc_type is None:
@@ -280,6 +283,11 @@ class StreamGuard:
 
     def _fire(self, error: ElariaTimeoutError | HostDown) -> None:
         self._fired = error
+        if asyncio.current_task() is self._task:
+            # Evicted by the guarded task itself (not suspended at an await): a cancel would
+            # land at its next await, perhaps after the block; the next expect() raises instead.
+            return
+        self._cancel_requested = True
         self._task.cancel()
 
 

@@ -162,3 +162,18 @@ async def test_a_block_that_ends_in_time_leaves_no_timer_and_no_subscription() -
     await asyncio.sleep(0.05)  # past the deadline: the disarmed timer must not cancel either
     assert guard._timer is None
     assert cast(asyncio.Task[Any], asyncio.current_task()).cancelling() == 0
+
+
+async def test_an_eviction_by_the_guarded_task_itself_fails_the_next_step() -> None:
+    conn = detached_connection()
+
+    async def evicts_itself() -> None:
+        async with StreamGuard("ws://h:1", conn) as guard:
+            guard.expect("first token", 600)
+            conn.mark_lost()  # synchronously, from this very task
+            guard.expect("gap between fragments", 600)
+
+    with pytest.raises(HostDown, match="connection lost during first token"):
+        await evicts_itself()
+    await asyncio.sleep(0)  # no stray cancel left behind for the next await
+    assert cast(asyncio.Task[Any], asyncio.current_task()).cancelling() == 0
