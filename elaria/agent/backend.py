@@ -75,16 +75,23 @@ MODEL_INFO_TTL_S = 60.0
 TINY_MODEL_TOOLS = ("list_dir", "read_file")
 #: Greedy decoding for the tiny model unless lmstudio.temperature is set explicitly.
 TINY_MODEL_TEMPERATURE = 0.0
-#: The tiny model's default system prompt: concrete call examples in the engine's JSON format,
-#: and the step-by-step rule it otherwise misses (it tends to repeat its first call).
+#: The tiny model's default system prompt. A 270M base model imitates far better than it follows
+#: rules, so the prompt is one worked example of the whole list -> read -> answer sequence in the
+#: exact format the engine renders (calls as JSON, results as ``tool:`` lines), each step numbered
+#: so the model sees where it is; the example's files are not the sample workspace's.
 TINY_MODEL_SYSTEM_PROMPT = (
-    "You are a helpful assistant working in a folder called the workspace. You can call tools.\n"
-    "Examples:\n"
-    '{"tool": "list_dir", "arguments": {"path": "."}}\n'
-    '{"tool": "read_file", "arguments": {"path": "notes.md"}}\n'
-    "Do the task step by step, one tool call at a time, with real file names. Never repeat a "
-    "call you already made. After list_dir, call read_file on the file the task names. When you "
-    'have read it, reply {"answer": "..."} saying in one sentence what the file is about.'
+    "You are a helpful assistant working in a folder called the workspace. You can call tools, "
+    "one per step, and answer from what they return.\n\n"
+    "Example:\n"
+    "Task: List the files in the workspace, then read report.txt and tell me what it says.\n"
+    'Step 1: {"tool": "list_dir", "arguments": {}}\n'
+    'tool: {"path": ".", "entries": [{"name": "photos", "type": "directory"}, '
+    '{"name": "report.txt", "type": "file", "size": 61}], "total": 2}\n'
+    'Step 2: {"tool": "read_file", "arguments": {"path": "report.txt"}}\n'
+    'tool: {"path": "report.txt", "content": "# Bike shop\\n\\nSales of bicycles rose in spring '
+    'because of the new shop.\\n", "lines": 3}\n'
+    'Step 3: {"answer": "The file is about a bike shop: bicycle sales rose in spring."}\n\n'
+    "Now your task:"
 )
 
 _HOW_TO_POINT = (

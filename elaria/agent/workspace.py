@@ -25,10 +25,9 @@ __all__ = ["SAMPLE_FILES", "builtin_tools", "ensure_sample_workspace"]
 
 SAMPLE_FILES: dict[str, str] = {
     "notes.md": (
-        "# Project notes\n\n"
-        "This workspace belongs to Elaria, an agent runtime for LM Studio.\n"
-        "These notes are about planning a small garden: tomatoes and basil go in the\n"
-        "sunny bed, lettuce in the shade, and everything is watered early in the morning.\n"
+        "# Garden notes\n\n"
+        "These notes are about planning a small garden: tomatoes and basil go in the sunny\n"
+        "bed, lettuce in the shade, and everything is watered early in the morning.\n"
     ),
     "todo.md": (
         "# To do\n\n- Buy tomato seedlings\n- Fix the watering timer\n- Plant basil next to "

@@ -29,8 +29,10 @@ its whole prompt (no prefix cache), so equal requests give equal answers at temp
   An answer is streamed while it is generated; a call becomes one :class:`ToolCall` (``raw`` is
   the generated JSON) when it is complete. A tool whose parameters schema cannot become a grammar
   gets a generic JSON object grammar instead (logged as a warning). *Loop guard*: a call that
-  repeats, with the same arguments, a call already in the history would make ``act()`` loop
-  forever, so the engine discards it and generates an answer instead (logged).
+  repeats, with the same arguments (defaults spelled out or not), a call already in the history
+  would make ``act()`` loop forever, so the engine discards it and generates again with that
+  tool withheld; when every tool has been withheld only the answer is left, so this ends (each
+  withholding is logged).
   A base model rambles inside an answer string, so an answer in a tool round stops after
   ``answer_max_tokens`` (``maxPredictedTokensReached``) whatever ``max_tokens`` allows; a call
   without a client ``max_tokens`` is capped at ``tool_round_max_tokens``.
@@ -495,27 +497,39 @@ class LlamaCppEngine:
         self, job: _Job, prompt: list[int], tools: Sequence[OfferedTool], room: int
     ) -> None:
         limit, limit_reason = self._limit(job, room, self.tool_round_max_tokens)
-        streamer = AnswerStreamer()
-        grammar = self._grammar_text(tool_choice_schema(tools, self._fallbacks(tools)))
-        reason = self._generate(
-            job, prompt, grammar, limit, limit_reason, self._answer_sink(job, streamer)
-        )
-        if reason in ("userStopped", "modelUnloaded"):
-            job.finish(reason)
-            return
-        if not streamer.is_answer:
+        offered = list(tools)
+        while True:
+            streamer, job.pending_tokens = AnswerStreamer(), 0
+            schema = (
+                tool_choice_schema(offered, self._fallbacks(offered))
+                if offered
+                else answer_only_schema()
+            )
+            sink = self._answer_sink(job, streamer)
+            reason = self._generate(
+                job, prompt, self._grammar_text(schema), limit, limit_reason, sink
+            )
+            if reason in ("userStopped", "modelUnloaded") or streamer.is_answer:
+                break
             call = self._parse_call(streamer.raw)
             if call is None or reason != "eosFound":
                 job.post(ToolCallFailed(f"the tool call was cut off ({reason})", streamer.raw))
-            elif canonical_call(call.name, call.arguments) in previous_calls(job.request.messages):
-                logger.info("llama engine: repeated call {} replaced by an answer", call.raw)
-                streamer, job.pending_tokens = AnswerStreamer(), 0
-                answer_grammar = self._grammar_text(answer_only_schema())
-                sink = self._answer_sink(job, streamer)
-                reason = self._generate(job, prompt, answer_grammar, limit, limit_reason, sink)
-            else:
+                break
+            if not self._repeats(call, tools, job.request.messages):
                 job.post(call)
+                break
+            # The same call would get the same result and act() would loop: choose again
+            # without that tool (the answer stays offered, so this ends).
+            logger.info("llama engine: repeated call {} withheld, choosing again", call.raw)
+            offered = [t for t in offered if t.name != call.name]
         job.finish(reason)
+
+    @staticmethod
+    def _repeats(
+        call: ToolCall, tools: Sequence[OfferedTool], messages: Sequence[Mapping[str, Any]]
+    ) -> bool:
+        tool = next((t for t in tools if t.name == call.name), None)
+        return canonical_call(call.name, call.arguments, tool) in previous_calls(messages, tools)
 
     def _answer_sink(self, job: _Job, streamer: AnswerStreamer) -> Callable[[str], str | None]:
         answer_tokens = 0

@@ -11,7 +11,9 @@
 * :func:`tool_choice_schema` is the JSON schema the tool round is generated under: either
   ``{"answer": "<text>"}`` or ``{"tool": "<one offered name>", "arguments": {...that tool's
   parameters...}}``. When tools are offered, earlier assistant turns are rendered in that same
-  JSON, so the model sees its own format in the history.
+  JSON, so the model sees its own format in the history, and a call's arguments that equal their
+  schema default are left out (:func:`without_defaults`): the client records calls with their
+  defaults filled in, and a small model copies whatever it sees into its next call.
 * :class:`AnswerStreamer` decodes the ``answer`` string while it is being generated, so a final
   answer streams token by token instead of arriving at the end.
 """
@@ -38,6 +40,7 @@ __all__ = [
     "previous_calls",
     "render_prompt",
     "tool_choice_schema",
+    "without_defaults",
 ]
 
 BOS = "<bos>"
@@ -203,15 +206,54 @@ def _results_of(parts: Any) -> list[str]:
     return results
 
 
-def canonical_call(name: str, arguments: Any) -> str:
-    """One spelling per call, whatever the key order (for the engine's loop guard)."""
-    return json.dumps({"tool": name, "arguments": arguments}, sort_keys=True)
-
-
-def previous_calls(messages: Sequence[Mapping[str, Any]]) -> set[str]:
-    """:func:`canonical_call` of every call already made in the history."""
+def _defaults(tool: OfferedTool | None) -> dict[str, Any]:
+    props = tool.parameters.get("properties") if tool is not None else None
+    if not isinstance(props, Mapping):
+        return {}
     return {
-        canonical_call(name, args)
+        key: schema["default"]
+        for key, schema in props.items()
+        if isinstance(schema, Mapping) and "default" in schema
+    }
+
+
+def _property_key(key: str, defaults: Mapping[str, Any]) -> str:
+    """``key`` as the schema spells it: a client may have camelCased a snake_case name."""
+    if key in defaults:
+        return key
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), key)
+    return snake if snake in defaults else key
+
+
+def without_defaults(arguments: Any, tool: OfferedTool | None) -> Any:
+    """``arguments`` without the ones equal to their schema default: how the model writes a
+    call, so a history where the client filled the defaults in does not teach it to spell them
+    all out (a small model then copies the filled-in values, e.g. a line range, into new calls)."""
+    defaults = _defaults(tool)
+    if not isinstance(arguments, Mapping) or not defaults:
+        return arguments
+    return {
+        key: value
+        for key, value in arguments.items()
+        if (prop := _property_key(key, defaults)) not in defaults or defaults[prop] != value
+    }
+
+
+def canonical_call(name: str, arguments: Any, tool: OfferedTool | None = None) -> str:
+    """One spelling per call, whatever the key order and whether defaults were spelled out (for
+    the engine's loop guard)."""
+    return json.dumps(
+        {"tool": name, "arguments": without_defaults(arguments, tool)}, sort_keys=True
+    )
+
+
+def previous_calls(
+    messages: Sequence[Mapping[str, Any]], tools: Sequence[OfferedTool] = ()
+) -> set[str]:
+    """:func:`canonical_call` of every call already made in the history."""
+    by_name = {t.name: t for t in tools}
+    return {
+        canonical_call(name, args, by_name.get(name))
         for msg in messages
         if msg.get("role") == "assistant"
         for name, args in _calls_of(msg.get("content"))
@@ -227,6 +269,7 @@ def render_prompt(
     )
     preamble = "\n\n".join(x for x in (system, tools_block(tools) if tools else "") if x)
     segments: list[Segment] = [Segment(BOS, special=True)]
+    by_name = {t.name: t for t in tools}
 
     def turn(role: str, text: str) -> None:
         segments.append(Segment(f"{START_OF_TURN}{role}\n", special=True))
@@ -243,7 +286,10 @@ def render_prompt(
             lines = []
             if text:
                 lines.append(json.dumps({"answer": text}, ensure_ascii=False) if tools else text)
-            lines += [call_json(name, args) for name, args in _calls_of(content)]
+            lines += [
+                call_json(name, without_defaults(args, by_name.get(name)))
+                for name, args in _calls_of(content)
+            ]
             turn("model", "\n".join(lines))
             continue
         if role == "tool":

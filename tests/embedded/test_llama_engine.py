@@ -257,21 +257,61 @@ CALLED_AND_ANSWERED = [
 ]
 
 
+WEATHER_ONLY = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": SCHEMAS["get_weather"]}}
+]
+
+
 async def test_repeated_call_becomes_a_streamed_answer(engine: LlamaCppEngine) -> None:
-    call = CALL
-    history = [
-        user("What's the weather in Paris?"),
-        {"role": "assistant", "content": [{"type": "toolCallRequest", "toolCallRequest": call}]},
-        {
-            "role": "tool",
-            "content": [{"type": "toolCallResult", "content": '"Sunny, 21 C"', "toolCallId": "c1"}],
-        },
-    ]
-    events = await collect(engine.predict(request(history, tools=TOOLS)))
-    assert not [e for e in events if isinstance(e, ToolCall) and e.arguments == call["arguments"]]
+    # The only tool offered was already called with these arguments: withheld, so an answer.
+    events = await collect(engine.predict(request(CALLED_AND_ANSWERED, tools=WEATHER_ONLY)))
+    assert not [e for e in events if isinstance(e, ToolCall)]
     answer = text_of(events)
     assert answer.strip()
     assert '"answer"' not in answer  # the JSON wrapper is not part of the streamed text
+    assert isinstance(events[-1], Done)
+
+
+async def test_repeated_call_is_withheld_and_the_model_chooses_again(
+    engine: LlamaCppEngine,
+) -> None:
+    events = await collect(engine.predict(request(CALLED_AND_ANSWERED, tools=TOOLS)))
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert not [c for c in calls if c.name == "get_weather" and c.arguments == CALL["arguments"]]
+    # Exactly one outcome: another (schema-valid) call, or an answer.
+    if calls:
+        assert len(calls) == 1
+        assert not text_of(events)
+        jsonschema.validate(dict(calls[0].arguments or {}), SCHEMAS[calls[0].name])
+    else:
+        assert text_of(events).strip()
+
+
+async def test_a_repeat_with_the_defaults_spelled_out_is_still_a_repeat(
+    engine: LlamaCppEngine,
+) -> None:
+    # The client recorded the call with its defaults filled in; the model writes it without.
+    with_default = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "unit": {"type": "string", "default": "celsius"},
+        },
+        "required": ["city"],
+    }
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": with_default}}]
+    recorded = {**CALL, "arguments": {"city": "Paris", "unit": "celsius"}}
+    history = [
+        CALLED_AND_ANSWERED[0],
+        {
+            "role": "assistant",
+            "content": [{"type": "toolCallRequest", "toolCallRequest": recorded}],
+        },
+        CALLED_AND_ANSWERED[2],
+    ]
+    events = await collect(engine.predict(request(history, tools=tools)))
+    for call in (e for e in events if isinstance(e, ToolCall)):
+        assert dict(call.arguments or {}) not in ({"city": "Paris"}, recorded["arguments"])
 
 
 async def test_structured_output_follows_the_schema(engine: LlamaCppEngine) -> None:
@@ -411,7 +451,7 @@ def test_settings_choose_context_and_threads() -> None:
 async def test_answers_in_tool_rounds_are_capped(engine: LlamaCppEngine) -> None:
     engine.answer_max_tokens = 3
     try:
-        events = await collect(engine.predict(request(CALLED_AND_ANSWERED, tools=TOOLS)))
+        events = await collect(engine.predict(request(CALLED_AND_ANSWERED, tools=WEATHER_ONLY)))
     finally:
         engine.answer_max_tokens = ANSWER_MAX_TOKENS
     assert isinstance(events[-1], Done)

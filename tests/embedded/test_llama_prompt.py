@@ -19,6 +19,7 @@ from elaria.embedded.llama_prompt import (
     previous_calls,
     render_prompt,
     tool_choice_schema,
+    without_defaults,
 )
 
 pytestmark = pytest.mark.llama
@@ -110,6 +111,51 @@ def test_prompt_is_gemma_turns_with_system_tools_and_results() -> None:
         "<start_of_turn>user\nThanks<end_of_turn>\n<start_of_turn>model\n"
     )
     assert previous_calls(messages) == {canonical_call("add", {"b": 2, "a": 1})}
+
+
+READ = {
+    "type": "object",
+    "properties": {
+        "path": {"type": "string"},
+        "start_line": {"type": "integer", "default": 1},
+        "end_line": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None},
+    },
+    "required": ["path"],
+}
+READ_TOOL = offered_tools([{"name": "read_file", "parameters": READ}])
+
+
+def test_arguments_at_their_default_are_dropped_whatever_the_key_spelling() -> None:
+    (tool,) = READ_TOOL
+    filled = {"path": "a.md", "start_line": 1, "end_line": None}
+    camel = {"path": "a.md", "startLine": 1, "endLine": None}
+    assert without_defaults(filled, tool) == {"path": "a.md"}
+    assert without_defaults(camel, tool) == {"path": "a.md"}
+    assert without_defaults({"path": "a.md", "end_line": 4}, tool) == {
+        "path": "a.md",
+        "end_line": 4,
+    }
+    assert without_defaults(filled, None) == filled  # no schema: nothing is known to be a default
+    assert canonical_call("read_file", filled, tool) == canonical_call(
+        "read_file", {"path": "a.md"}, tool
+    )
+    assert canonical_call("read_file", {"path": "a.md", "end_line": 4}, tool) != canonical_call(
+        "read_file", {"path": "a.md"}, tool
+    )
+
+
+def test_history_calls_are_rendered_without_their_defaults() -> None:
+    request = {"name": "read_file", "arguments": {"path": "a.md", "startLine": 1, "endLine": None}}
+    messages = [
+        text("user", "Read a.md"),
+        {"role": "assistant", "content": [{"type": "toolCallRequest", "toolCallRequest": request}]},
+        {"role": "tool", "content": [{"type": "toolCallResult", "content": "hi"}]},
+    ]
+    prompt = "".join(s.text for s in render_prompt(messages, READ_TOOL))
+    assert '<start_of_turn>model\n{"tool": "read_file", "arguments": {"path": "a.md"}}' in prompt
+    assert previous_calls(messages, READ_TOOL) == {
+        canonical_call("read_file", {"path": "a.md"}, READ_TOOL[0])
+    }
 
 
 def test_without_tools_assistant_text_stays_plain() -> None:
