@@ -3,7 +3,7 @@
 :func:`predict_round` implements :mod:`elaria.lmstudio.rounds` for a single target. It does
 what ``AsyncLLM.act()`` does for one round (a ``ChatResponseEndpoint`` opened on the ``llm``
 session's channel, wrapped in ``AsyncPredictionStream``, events read through
-``_iter_events()``), with three differences the agent needs:
+``_iter_events()``), with four differences the agent needs:
 
 * tool calls come back as :class:`~elaria.lmstudio.rounds.RequestedCall` and are never run here;
 * ``toolCallGenerationFailed`` does not abort the round: its ``error`` and ``rawContent`` become
@@ -11,7 +11,11 @@ session's channel, wrapped in ``AsyncPredictionStream``, events read through
   API raises and loses the raw text);
 * deadlines: first token, gap between stream events, and the whole prediction. When a deadline,
   a lost connection or a cancellation abandons the stream, a ``cancel`` is sent to the server
-  (the SDK never does), so the model is not left generating for nobody.
+  (the SDK never does), so the model is not left generating for nobody. One
+  :class:`~elaria.lmstudio.connection.StreamGuard` enforces them (and the pool's eviction) for
+  the whole stream.
+* the history (wire format) reaches the server as given: earlier tool calls keep their
+  argument names (see ``_chat``).
 
 ``on_fragment`` runs on the loop for each text fragment; if it raises, the error is logged and
 the round goes on (a broken display is not a backend failure to fail over from).
@@ -23,7 +27,8 @@ plain ``rawTools`` dict would turn ``file_path`` into ``filePath`` in ``properti
 ``additionalProperties`` of a tool's parameters and drops the rest (``$defs``, ``description``),
 so the field's value is then replaced by the schemas exactly as given. ``request.tools=None``
 sends none (the last round). Uses SDK internals pinned to lmstudio 1.5
-(``_create_channel``, ``_iter_events``, ``_channel``); ``tests/lmstudio`` guards them.
+(``_create_channel``, ``_iter_events``, ``_channel``, the endpoint's ``_creation_params``,
+``_from_api_dict``); ``tests/lmstudio`` guards them.
 Errors are the SDK's (or ours for deadlines); :mod:`elaria.lmstudio.failover` classifies them.
 """
 
