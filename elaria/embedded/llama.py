@@ -34,7 +34,9 @@ its whole prompt (no prefix cache), so equal requests give equal answers at temp
   tool withheld; when every tool has been withheld only the answer is left, so this ends (each
   withholding is logged).
   A base model rambles inside an answer string, so an answer in a tool round stops after
-  ``answer_max_tokens`` (``maxPredictedTokensReached``) whatever ``max_tokens`` allows; a call
+  ``answer_max_tokens`` (``maxPredictedTokensReached``) whatever ``max_tokens`` allows, and an
+  answer that starts a long line over again ends there (``eosFound``; the repeat is held back and
+  dropped, :class:`~elaria.embedded.llama_prompt.RepeatGuard`); a call
   without a client ``max_tokens`` is capped at ``tool_round_max_tokens``.
 * *Structured output*: ``{"type": "json", "jsonSchema": ...}`` is generated under that schema's
   grammar, ``{"type": "gbnf", "gbnfGrammar": ...}`` under that grammar; either is streamed as raw
@@ -92,6 +94,7 @@ from elaria.embedded.llama_prompt import (
     END_OF_TURN,
     AnswerStreamer,
     OfferedTool,
+    RepeatGuard,
     Segment,
     answer_only_schema,
     canonical_call,
@@ -533,16 +536,22 @@ class LlamaCppEngine:
 
     def _answer_sink(self, job: _Job, streamer: AnswerStreamer) -> Callable[[str], str | None]:
         answer_tokens = 0
+        repeats = RepeatGuard()
 
         def sink(text: str) -> str | None:
             nonlocal answer_tokens
-            decoded = streamer.feed(text)
+            decoded = repeats.feed(streamer.feed(text))
             if streamer.is_answer:
                 answer_tokens += 1
+            capped = answer_tokens >= self.answer_max_tokens and not streamer.closed
+            if streamer.closed or capped:
+                decoded += repeats.flush()
             if decoded:
                 job.post(Fragment(decoded, tokens=max(1, job.pending_tokens)))
                 job.pending_tokens = 0
-            if answer_tokens >= self.answer_max_tokens and not streamer.closed:
+            if repeats.stopped and not streamer.closed:
+                return "eosFound"  # the answer is over, as if the model had closed it
+            if capped:
                 return "maxPredictedTokensReached"
             return None
 

@@ -31,6 +31,7 @@ __all__ = [
     "END_OF_TURN",
     "AnswerStreamer",
     "OfferedTool",
+    "RepeatGuard",
     "Segment",
     "answer_only_schema",
     "call_json",
@@ -303,6 +304,62 @@ def render_prompt(
         turn("user", preamble)
     segments.append(Segment(f"{START_OF_TURN}model\n", special=True))
     return segments
+
+
+#: A line at least this long, started again word for word, is a base model going round in circles.
+REPEAT_MIN_CHARS = 24
+
+
+class RepeatGuard:
+    """Ends an answer that starts repeating itself, before the repeat reaches the reader.
+
+    ``feed(text)`` takes decoded answer text and returns what may be shown now. A new line is
+    held back while it could be the start of an earlier line of at least
+    :data:`REPEAT_MIN_CHARS` characters; once :data:`REPEAT_MIN_CHARS` of it match one, the
+    answer is over (``stopped``) and the repeat is dropped. A line that differs is released at
+    once. ``flush()`` releases what is held when the answer ends on its own."""
+
+    def __init__(self, min_chars: int = REPEAT_MIN_CHARS) -> None:
+        self.min_chars = min_chars
+        self.stopped = False
+        self._shown = ""
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self._held += text
+        out: list[str] = []
+        while self._held:
+            newline = self._held.find("\n")
+            if newline != 0:  # inside a line: release up to its end
+                cut = len(self._held) if newline < 0 else newline
+                out.append(self._held[:cut])
+                self._held = self._held[cut:]
+                continue
+            body = self._held.lstrip("\n")
+            line = body.split("\n", 1)[0]
+            earlier = [
+                x for x in (self._shown + "".join(out)).split("\n") if len(x) >= self.min_chars
+            ]
+            if len(line) >= self.min_chars and any(
+                x.startswith(line[: self.min_chars]) for x in earlier
+            ):
+                self.stopped, self._held = True, ""
+                break
+            if line == body and any(x.startswith(line) for x in earlier):
+                break  # could still become a repeat: wait for more
+            lead = len(self._held) - len(body)
+            out.append(self._held[: lead + len(line)])
+            self._held = self._held[lead + len(line) :]
+        shown = "".join(out)
+        self._shown += shown
+        return shown
+
+    def flush(self) -> str:
+        held, self._held = ("" if self.stopped else self._held), ""
+        self._shown += held
+        return held
 
 
 _ANSWER_OPENING = re.compile(r'\s*\{\s*"answer"\s*:\s*"')

@@ -13,6 +13,7 @@ import pytest
 from elaria.embedded.llama_model import default_model_path, gguf_metadata
 from elaria.embedded.llama_prompt import (
     AnswerStreamer,
+    RepeatGuard,
     canonical_call,
     inline_refs,
     offered_tools,
@@ -156,6 +157,31 @@ def test_history_calls_are_rendered_without_their_defaults() -> None:
     assert previous_calls(messages, READ_TOOL) == {
         canonical_call("read_file", {"path": "a.md"}, READ_TOOL[0])
     }
+
+
+LOOPING = "The file is about a garden: tomatoes go in the sunny\nbed, lettuce in the shade.\n\n"
+
+
+@pytest.mark.parametrize("step", [1, 3, 50])
+def test_an_answer_that_starts_over_ends_before_the_repeat_is_shown(step: int) -> None:
+    guard, text = RepeatGuard(), LOOPING * 4
+    shown = "".join(guard.feed(text[i : i + step]) for i in range(0, len(text), step))
+    shown += guard.flush()
+    assert guard.stopped
+    assert shown == LOOPING.rstrip("\n")
+
+
+@pytest.mark.parametrize("step", [1, 4])
+def test_an_answer_that_does_not_repeat_passes_unchanged(step: int) -> None:
+    # Short repeated lines (list items) and a long line's words in a new order are not loops.
+    text = (
+        "The notes plan a small vegetable garden\n- water\n- water\n\n"
+        "A small vegetable garden, the notes plan\nThe notes plan when to water it"
+    )
+    guard = RepeatGuard()
+    shown = "".join(guard.feed(text[i : i + step]) for i in range(0, len(text), step))
+    assert not guard.stopped
+    assert shown + guard.flush() == text
 
 
 def test_without_tools_assistant_text_stays_plain() -> None:
