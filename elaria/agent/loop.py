@@ -229,7 +229,8 @@ class _Run(CallDispatcher):
 
     async def execute(self) -> RunResult:
         history = self.loop.history
-        if history.system_prompt is None and len(history) == 0:
+        # len() first: system_prompt re-reads the prompt text, and a non-empty history skips it.
+        if len(history) == 0 and history.system_prompt is None:
             history.add(_text("system", self.agent.system_prompt or DEFAULT_SYSTEM_PROMPT))
         self._add_history(_text("user", self.task))
         self.emit(ev.RunStarted(run_id=self.run_id, task=self.task, tools=tuple(self._names())))

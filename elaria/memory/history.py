@@ -43,7 +43,7 @@ from elaria.memory.trim import (
     MESSAGE_OVERHEAD_TOKENS,
     Message,
     UnitCost,
-    estimate_tokens,
+    estimate_text_tokens,
     message_text,
     plan_trim,
     tool_call_ids,
@@ -361,11 +361,12 @@ class ConversationHistory:
     def _entry(self, message: Message, tokens: int | None) -> _Entry:
         if tokens is not None:
             return _Entry(message, tokens, exact=True)
+        text = message_text(message)
         if self._counter is not None:
-            known = self._memo.get(message_text(message))
+            known = self._memo.get(text)
             if known is not None:
                 return _Entry(message, known, exact=True)
-        return _Entry(message, estimate_tokens(message), exact=False)
+        return _Entry(message, estimate_text_tokens(text), exact=False)
 
     def _entries(self) -> list[_Entry]:
         out = [self._system] if self._system is not None else []
@@ -444,13 +445,13 @@ _ROLES = ("system", "user", "assistant", "tool")
 
 
 def _check_message(message: Message) -> str:
-    if not isinstance(message, Mapping):
+    if type(message) is not dict and not isinstance(message, Mapping):
         raise ValueError(f"a history message must be a mapping, got {type(message).__name__}")
     role = message.get("role")
     if role not in _ROLES:
         raise ValueError(f"history message role {role!r} is not one of {', '.join(_ROLES)}")
     content = message.get("content")
-    if not isinstance(content, list | tuple | str):
+    if type(content) is not list and not isinstance(content, list | tuple | str):
         raise ValueError(
             f"history message content must be a list of parts, got {type(content).__name__}"
         )

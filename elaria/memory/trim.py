@@ -29,6 +29,7 @@ __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
     "Message",
     "UnitCost",
+    "estimate_text_tokens",
     "estimate_tokens",
     "group_units",
     "message_text",
@@ -89,7 +90,11 @@ def message_text(message: Message) -> str:
 
 def estimate_tokens(message: Message) -> int:
     """Fallback count: ceil(chars / 4) plus the per-message template overhead."""
-    text = message_text(message)
+    return estimate_text_tokens(message_text(message))
+
+
+def estimate_text_tokens(text: str) -> int:
+    """:func:`estimate_tokens` of a message whose :func:`message_text` is ``text``."""
     return -(-len(text) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
 
 
@@ -172,8 +177,12 @@ def _latest_user(units: Sequence[UnitCost], newest: int) -> int | None:
     return None
 
 
-def _parts(message: Message) -> list[Mapping[str, Any]]:
+def _parts(message: Message) -> Sequence[Mapping[str, Any]]:
+    """The message's parts, read-only (callers iterate; none may change what comes back)."""
     content = message.get("content")
+    # Every message the agent loop makes is a list of plain dicts: no copy, no ABC checks.
+    if type(content) is list and all(type(p) is dict for p in content):
+        return content
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if isinstance(content, Sequence):

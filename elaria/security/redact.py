@@ -50,7 +50,10 @@ returned as they are — serialise them (``str``/``json.dumps(default=str)``) an
 
 Speed: it runs on every log record. All patterns are compiled once; key verdicts are cached;
 strings shorter than :data:`_MIN_SECRET_LEN`, or holding none of the substrings a pattern needs
-(plain ``in`` checks), return without running any regex.
+(plain ``in`` checks), return without running any regex. Short strings found clean are
+remembered (a bounded set, cleared when full; only text with no secret in it is ever kept), so a
+host, model name or id that comes back on every record is scanned once. Plain dicts, the shape of
+nearly every record, are walked with their scalar values handled inline.
 """
 
 from __future__ import annotations
@@ -166,13 +169,10 @@ def _walk(value: Any, forced: Strength | None, depth: int) -> Any:
     kind = type(value)
     if kind is str:
         return REDACTED if forced is not None and value else _redact_str(value)
-    if kind is dict and forced is None:
-        return {
-            (_redact_key(k) if type(k) is str else k): _walk(
-                item, secret_strength(k) if type(k) is str else None, depth + 1
-            )
-            for k, item in value.items()
-        }
+    if kind is dict and forced is None and depth < MAX_DEPTH:
+        return _walk_dict(value, depth)
+    if kind is int or kind is float:
+        return REDACTED if forced == "strong" else value
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -218,9 +218,54 @@ def _walk(value: Any, forced: Strength | None, depth: int) -> Any:
     return value
 
 
+def _walk_dict(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
+    """A plain dict with no secret key above it: the shape nearly every record has."""
+    out: dict[Any, Any] = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            out[key] = _walk(item, None, depth + 1)
+            continue
+        clean_key, strength = _key_verdict(key)
+        kind = type(item)
+        # Scalars inline: most values are numbers, None, booleans or short plain strings, and a
+        # call per value costs more than the checks. Each branch is the one _walk would take.
+        if item is None or kind is bool:
+            out[clean_key] = item
+        elif kind is int or kind is float:
+            out[clean_key] = REDACTED if strength == "strong" else item
+        elif kind is str:
+            out[clean_key] = REDACTED if strength is not None and item else _redact_str(item)
+        else:
+            out[clean_key] = _walk(item, strength, depth + 1)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)  # keys repeat on every record; their verdict does not change
+def _key_verdict(key: str) -> tuple[str, Strength | None]:
+    """A dict key's redacted text and the strength it gives its value, in one cache lookup."""
+    return _redact_key(key), secret_strength(key)
+
+
 def _redact_str(text: str) -> str:
-    if len(text) < _MIN_SECRET_LEN:
+    if len(text) < _MIN_SECRET_LEN or text in _clean:
         return text
+    result = _scan_str(text)
+    if result is text and type(text) is str and len(text) <= _CLEAN_MAX_LEN:
+        if len(_clean) >= _CLEAN_MAX_ENTRIES:
+            _clean.clear()  # crude, but a bound: the common values come back within a record
+        _clean.add(text)
+    return result
+
+
+#: Strings already scanned and found to hold no secret. Only clean text is kept, so the memo
+#: never holds a secret; hosts, model names, ids and tool names repeat on every record.
+_clean: set[str] = set()
+_CLEAN_MAX_ENTRIES: Final = 4096
+#: Longer text (prompts, answers, tool output) rarely repeats; not worth the memory.
+_CLEAN_MAX_LEN: Final = 256
+
+
+def _scan_str(text: str) -> str:
     lowered = text.lower()
     has_key = _has_key_hint(lowered)
     has_token = _has_token_hint(text)
