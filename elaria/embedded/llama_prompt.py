@@ -306,17 +306,20 @@ def render_prompt(
     return segments
 
 
-#: A line at least this long, started again word for word, is a base model going round in circles.
+#: A line or sentence at least this long, started again word for word, is a base model going round
+#: in circles.
 REPEAT_MIN_CHARS = 24
+#: Where a new line or sentence starts.
+_UNIT_BREAK = re.compile(r"\n|(?<=[.!?]) ")
 
 
 class RepeatGuard:
     """Ends an answer that starts repeating itself, before the repeat reaches the reader.
 
-    ``feed(text)`` takes decoded answer text and returns what may be shown now. A new line is
-    held back while it could be the start of an earlier line of at least
+    ``feed(text)`` takes decoded answer text and returns what may be shown now. A new line or
+    sentence is held back while it could be the start of an earlier one of at least
     :data:`REPEAT_MIN_CHARS` characters; once :data:`REPEAT_MIN_CHARS` of it match one, the
-    answer is over (``stopped``) and the repeat is dropped. A line that differs is released at
+    answer is over (``stopped``) and the repeat is dropped. One that differs is released at
     once. ``flush()`` releases what is held when the answer ends on its own."""
 
     def __init__(self, min_chars: int = REPEAT_MIN_CHARS) -> None:
@@ -331,27 +334,33 @@ class RepeatGuard:
         self._held += text
         out: list[str] = []
         while self._held:
-            newline = self._held.find("\n")
-            if newline != 0:  # inside a line: release up to its end
-                cut = len(self._held) if newline < 0 else newline
-                out.append(self._held[:cut])
-                self._held = self._held[cut:]
+            before = (self._shown + "".join(out))[-1:]  # a break may follow a shown "."
+            found = _UNIT_BREAK.search(before + self._held, len(before))
+            start = found.start() - len(before) if found else len(self._held)
+            if start > 0:  # inside a line or sentence: release up to its end
+                out.append(self._held[:start])
+                self._held = self._held[start:]
                 continue
-            body = self._held.lstrip("\n")
-            line = body.split("\n", 1)[0]
+            body = self._held.lstrip(" \n")
+            if not body:
+                break  # only the break so far
+            unit_end = _UNIT_BREAK.search(body)
+            unit = body[: unit_end.start()] if unit_end else body
             earlier = [
-                x for x in (self._shown + "".join(out)).split("\n") if len(x) >= self.min_chars
+                x.strip()
+                for x in _UNIT_BREAK.split(self._shown + "".join(out))
+                if len(x.strip()) >= self.min_chars
             ]
-            if len(line) >= self.min_chars and any(
-                x.startswith(line[: self.min_chars]) for x in earlier
+            if len(unit) >= self.min_chars and any(
+                x.startswith(unit[: self.min_chars]) for x in earlier
             ):
                 self.stopped, self._held = True, ""
                 break
-            if line == body and any(x.startswith(line) for x in earlier):
+            if unit_end is None and any(x.startswith(unit) for x in earlier):
                 break  # could still become a repeat: wait for more
             lead = len(self._held) - len(body)
-            out.append(self._held[: lead + len(line)])
-            self._held = self._held[lead + len(line) :]
+            out.append(self._held[: lead + len(unit)])
+            self._held = self._held[lead + len(unit) :]
         shown = "".join(out)
         self._shown += shown
         return shown

@@ -171,12 +171,20 @@ def test_an_answer_that_starts_over_ends_before_the_repeat_is_shown(step: int) -
     assert shown == LOOPING.rstrip("\n")
 
 
+@pytest.mark.parametrize("step", [1, 5])
+def test_a_sentence_started_over_on_the_same_line_ends_the_answer(step: int) -> None:
+    guard, text = RepeatGuard(), "The file is about a bike shop. " * 5
+    shown = "".join(guard.feed(text[i : i + step]) for i in range(0, len(text), step))
+    assert guard.stopped
+    assert shown + guard.flush() == "The file is about a bike shop."
+
+
 @pytest.mark.parametrize("step", [1, 4])
 def test_an_answer_that_does_not_repeat_passes_unchanged(step: int) -> None:
     # Short repeated lines (list items) and a long line's words in a new order are not loops.
     text = (
         "The notes plan a small vegetable garden\n- water\n- water\n\n"
-        "A small vegetable garden, the notes plan\nThe notes plan when to water it"
+        "A small vegetable garden, the notes plan. The notes plan when to water it. Done."
     )
     guard = RepeatGuard()
     shown = "".join(guard.feed(text[i : i + step]) for i in range(0, len(text), step))
