@@ -54,10 +54,15 @@ class RateLimited(ToolDenied):
     """The tool's per-minute limit is used up (a kind of denial; tell the model to wait)."""
 
 
+#: What ``json.dumps(sort_keys=True, separators=(",", ":"), default=str)`` builds on every call,
+#: made once: a signature is taken for every tool call.
+_SIGNATURE_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def call_signature(name: str, arguments: Mapping[str, Any] | None) -> str:
     """Canonical text of a call: same tool and same arguments give the same signature."""
     try:
-        args = json.dumps(arguments or {}, sort_keys=True, separators=(",", ":"), default=str)
+        args = _SIGNATURE_ENCODER.encode(arguments or {})
     except (TypeError, ValueError):
         args = repr(arguments)
     return f"{name}:{args}"

@@ -234,7 +234,12 @@ def _walk_dict(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
         elif kind is int or kind is float:
             out[clean_key] = REDACTED if strength == "strong" else item
         elif kind is str:
-            out[clean_key] = REDACTED if strength is not None and item else _redact_str(item)
+            if strength is not None and item:
+                out[clean_key] = REDACTED
+            elif len(item) < _MIN_SECRET_LEN or item in _clean:  # _redact_str's first test
+                out[clean_key] = item
+            else:
+                out[clean_key] = _redact_str(item)
         else:
             out[clean_key] = _walk(item, strength, depth + 1)
     return out

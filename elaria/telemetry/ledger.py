@@ -113,15 +113,18 @@ MAX_ENTRIES: Final = 1_000
 _TRUNCATION_MARK: Final = "…[truncated]"
 
 
+#: ``json.dumps(ensure_ascii=False, default=str, sort_keys=True)`` and the same without
+#: ``sort_keys``, made once instead of on every call (encoders keep no state between calls).
+_PREVIEW_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, default=str, sort_keys=True)
+_RECORD_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def preview(value: Any, limit: int | None) -> str:
     """Redacted text of ``value`` (JSON for structures), cut to ``limit`` characters.
 
     Redaction comes first, so a secret cut in half by truncation is never left recognisable.
     """
-    if isinstance(value, str):
-        text = redact_text(value)
-    else:
-        text = json.dumps(redact(value), ensure_ascii=False, default=str, sort_keys=True)
+    text = redact_text(value) if isinstance(value, str) else _PREVIEW_ENCODER.encode(redact(value))
     if limit is not None and len(text) > limit:
         return text[:limit] + _TRUNCATION_MARK
     return text
@@ -550,7 +553,7 @@ class AuditLedger:
         return stats
 
     def _submit(self, record: dict[str, Any]) -> bool:
-        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode(
+        line = (_RECORD_ENCODER.encode(record) + "\n").encode(
             "utf-8",
             "backslashreplace",  # a lone surrogate becomes a JSON escape, not an error
         )

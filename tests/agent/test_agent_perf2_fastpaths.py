@@ -9,15 +9,19 @@ it never holds a secret.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from elaria.agent.guard import call_signature
 from elaria.memory.history import ConversationHistory
 from elaria.memory.trim import estimate_text_tokens, estimate_tokens, message_text
 from elaria.security.redact import MAX_DEPTH, REDACTED, redact, redact_text
+from elaria.telemetry.ledger import preview
 
 # The package re-exports the function under the module's name; this is the module.
 redact_module = importlib.import_module("elaria.security.redact")
@@ -145,3 +149,19 @@ def test_history_counts_each_message_as_the_estimate_does() -> None:
     assert history.stats()["tokens"] == expected
     assert all(estimate_text_tokens(message_text(m)) == estimate_tokens(m) for m in messages)
     assert history.get_all() == messages
+
+
+def test_previews_and_call_signatures_are_the_json_they_always_were() -> None:
+    value: dict[str, Any] = {
+        "b": "grüße",
+        "a": [1, 2.5, None],
+        "path": Path("x/y"),
+        "token": "abcdefgh1",
+    }
+    expected = json.dumps(redact(value), ensure_ascii=False, default=str, sort_keys=True)
+    assert preview(value, None) == expected
+    assert preview(value, 10) == expected[:10] + "…[truncated]"
+    assert '"token": "[REDACTED]"' in expected
+    signature = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    assert call_signature("read", value) == f"read:{signature}"
+    assert call_signature("read", None) == "read:{}"
