@@ -414,8 +414,10 @@ class RequestContext:
         if len(self.calls) + len(self.events) + len(self.tool_calls) >= MAX_ENTRIES:
             self.dropped_entries += 1
             return
-        entry = {"seq": self._seq, "t_ms": round((self.clock() - self.started) * 1000, 3), **entry}
-        target.append(redact(entry))
+        # seq and t_ms are numbers under names that are not secret: redaction leaves them as
+        # they are, so only the caller's part is walked.
+        t_ms = round((self.clock() - self.started) * 1000, 3)
+        target.append({"seq": self._seq, "t_ms": t_ms, **redact(entry)})
 
 
 # --------------------------------------------------------------------------- the ledger
