@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import ctypes
 import json
 import math
 import os
@@ -148,7 +149,29 @@ def _import_llama_cpp() -> Any:
             model=MODEL_KEY,
             hint="Install the embedded extra: pip install 'elaria[embedded]'",
         ) from exc
+    _route_native_log(llama_cpp)
     return llama_cpp
+
+
+_native_log_callback: Any = None
+
+
+def _route_native_log(llama_cpp: Any) -> None:
+    """llama.cpp's own log lines go to loguru at debug level, not straight to the terminal
+    (llama-cpp-python prints some of them even with ``verbose=False``, e.g. the SWA cache note
+    at every load, in the middle of the CLI's output)."""
+    global _native_log_callback
+    if _native_log_callback is not None:
+        return
+
+    def forward(level: int, text: bytes, user_data: Any) -> None:
+        line = text.decode("utf-8", errors="replace").rstrip()
+        if line:
+            logger.debug("llama.cpp: {}", line)
+
+    # Kept referenced at module level: llama.cpp holds only the raw function pointer.
+    _native_log_callback = llama_cpp.llama_log_callback(forward)
+    llama_cpp.llama_log_set(_native_log_callback, ctypes.c_void_p(0))
 
 
 @dataclass(eq=False)
