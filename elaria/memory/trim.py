@@ -47,6 +47,10 @@ CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
 
 
+#: ``json.dumps(ensure_ascii=False)``, built once: every tool call request is rendered.
+_ARGUMENTS_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def tool_call_ids(message: Message) -> list[str]:
     """Ids of the tool calls an assistant message requests (``[]`` if none).
 
@@ -79,7 +83,7 @@ def message_text(message: Message) -> str:
             pieces.append(str(part.get("text", "")))
         elif kind == "toolCallRequest":
             request = part.get("toolCallRequest") or {}
-            arguments = json.dumps(request.get("arguments") or {}, ensure_ascii=False)
+            arguments = _ARGUMENTS_ENCODER.encode(request.get("arguments") or {})
             pieces.append(f"{request.get('name', '')}({arguments})")
         elif kind == "toolCallResult":
             pieces.append(str(part.get("content", "")))

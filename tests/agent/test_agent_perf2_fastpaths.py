@@ -165,3 +165,15 @@ def test_previews_and_call_signatures_are_the_json_they_always_were() -> None:
     signature = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     assert call_signature("read", value) == f"read:{signature}"
     assert call_signature("read", None) == "read:{}"
+
+
+def test_a_tool_call_request_renders_its_arguments_as_json_text() -> None:
+    arguments = {"path": "grüße/notes.md", "lines": [1, 2]}
+    message = {
+        "role": "assistant",
+        "content": [
+            {"type": "toolCallRequest", "toolCallRequest": {"name": "read", "arguments": arguments}}
+        ],
+    }
+    rendered = json.dumps(arguments, ensure_ascii=False)
+    assert message_text(message) == f"assistant\nread({rendered})"
