@@ -160,12 +160,16 @@ class RunState:
         return sum(1 for c in self.calls if c.executed)
 
 
+#: ``json.dumps(ensure_ascii=False, default=str)``, built once: every tool result passes here.
+_RESULT_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def result_text(value: Any) -> str:
     """A tool's return value as the text the model reads (the SDK's rule: JSON unless text)."""
     if isinstance(value, str):
         return value
     try:
-        return json.dumps(value, ensure_ascii=False, default=str)
+        return _RESULT_ENCODER.encode(value)
     except (TypeError, ValueError):
         return repr(value)
 

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from elaria.agent.guard import call_signature
+from elaria.agent.state import result_text
 from elaria.memory.history import ConversationHistory
 from elaria.memory.trim import estimate_text_tokens, estimate_tokens, message_text
 from elaria.security.redact import MAX_DEPTH, REDACTED, redact, redact_text
@@ -177,3 +178,10 @@ def test_a_tool_call_request_renders_its_arguments_as_json_text() -> None:
     }
     rendered = json.dumps(arguments, ensure_ascii=False)
     assert message_text(message) == f"assistant\nread({rendered})"
+
+
+def test_a_tool_result_is_the_json_text_it_always_was() -> None:
+    value = {"total": 3, "where": Path("grüße"), "items": (1, 2)}
+    assert result_text(value) == json.dumps(value, ensure_ascii=False, default=str)
+    assert result_text(3) == "3"
+    assert result_text("plain") == "plain"
