@@ -64,7 +64,9 @@ async def _chat(args: argparse.Namespace, settings: Settings) -> int:
         return await ask_approval(console, request)
 
     backend: BackendChoice = args.backend
-    runtime = Runtime(settings, backend=backend, approve=approve)
+    runtime = Runtime(
+        settings, backend=backend, approve=approve, serve_health=args.health_port is not None
+    )
     renderer.spin("starting…")
     try:
         await runtime.start()
@@ -87,7 +89,7 @@ async def _chat(args: argparse.Namespace, settings: Settings) -> int:
             if not text:
                 continue
             if text.startswith("/"):
-                if not _slash(text, console, runtime, session):
+                if not await _slash(text, console, runtime, session):
                     return 0
                 continue
             try:
@@ -99,7 +101,7 @@ async def _chat(args: argparse.Namespace, settings: Settings) -> int:
             console.print(f"[dim]{escape(summary_line(result))}[/]")
 
 
-def _slash(command: str, console: Console, runtime: Any, session: Any) -> bool:
+async def _slash(command: str, console: Console, runtime: Any, session: Any) -> bool:
     """Run a slash command; False means leave."""
     name = command.split()[0].lower()
     if name in ("/quit", "/exit"):
@@ -126,7 +128,8 @@ def _slash(command: str, console: Console, runtime: Any, session: Any) -> bool:
         session.reset()
         console.print("[dim]conversation forgotten[/]")
     elif name == "/health":
-        console.print_json(json.dumps(runtime.stats(), default=str))
+        snapshot = await runtime.health.snapshot()
+        console.print_json(json.dumps(snapshot, default=str))
     else:
         console.print(
             f"unknown command {escape(name)}; try "

@@ -49,6 +49,12 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-iterations", type=int, help="rounds at most, 1-100 (agent.max_iterations)"
     )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="serve /health and /metrics on 127.0.0.1:PORT while running (0 = a free port)",
+    )
 
 
 def prepare_settings(args: argparse.Namespace) -> Settings:
@@ -60,6 +66,8 @@ def prepare_settings(args: argparse.Namespace) -> Settings:
     if args.max_iterations is not None:
         agent["max_iterations"] = args.max_iterations
     base = load_settings()
+    if getattr(args, "health_port", None) is not None:
+        overrides["health"] = {**base.health.model_dump(), "port": args.health_port}
     if agent:
         overrides["agent"] = {**base.agent.model_dump(exclude_unset=True), **agent}
     if args.model:
@@ -132,7 +140,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         renderer.stop()
         return await ask_approval(err, request)
 
-    runtime = Runtime(settings, backend=backend, approve=approve)
+    runtime = Runtime(
+        settings, backend=backend, approve=approve, serve_health=args.health_port is not None
+    )
     renderer.spin(_starting_text(backend))
     try:
         await runtime.start()
@@ -143,6 +153,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         banner = runtime.backend.banner()
         if banner:
             err.print(Panel(escape(banner), title="embedded model", border_style="yellow"))
+        if runtime.health_url:
+            err.print(f"[dim]health: {escape(runtime.health_url)} (and /metrics)[/]")
 
         def on_event(event: Any) -> None:
             if args.json:

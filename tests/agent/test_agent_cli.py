@@ -80,7 +80,7 @@ def test_run_with_bad_settings_is_exit_2_without_traceback(tmp_path: Path) -> No
 
 
 def test_chat_keeps_history_and_answers_slash_commands() -> None:
-    script = "/tools\nmy name is Ann\n/history\n/reset\n/history\n/nope\n/quit\n"
+    script = "/tools\nmy name is Ann\n/history\n/health\n/reset\n/history\n/nope\n/quit\n"
     out = elaria(
         "chat", "--backend", "embedded", env={"ELARIA_EMBEDDED__ENGINE": "scripted"}, stdin=script
     )
@@ -90,4 +90,28 @@ def test_chat_keeps_history_and_answers_slash_commands() -> None:
     assert "3 messages" in out.stdout  # system, user, assistant
     assert "conversation forgotten" in out.stdout
     assert "unknown command /nope" in out.stdout
+    assert '"status"' in out.stdout  # /health shows the runtime's health snapshot
+    assert '"sections"' in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_run_serves_health_while_running_when_asked() -> None:
+    out = elaria(
+        "run",
+        "hi",
+        "--backend",
+        "embedded",
+        "--health-port",
+        "0",
+        env={"ELARIA_EMBEDDED__ENGINE": "scripted"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "health: http://127.0.0.1:" in out.stderr
+    assert "/health (and /metrics)" in out.stderr
+
+
+def test_health_port_out_of_range_is_a_settings_error() -> None:
+    out = elaria("run", "hi", "--health-port", "70000")
+    assert out.returncode == 2
+    assert "health.port" in out.stderr
     assert "Traceback" not in out.stderr
