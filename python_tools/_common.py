@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import errno
+import os
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from elaria.errors import ToolExecutionError
+from elaria.security import SafeSQLite
 
-__all__ = ["json_safe", "os_error", "timestamp", "tool_error"]
+__all__ = ["LazyDatabase", "json_safe", "os_error", "timestamp", "tool_error"]
 
 
 def tool_error(tool: str, message: str, hint: str | None = None) -> ToolExecutionError:
@@ -47,3 +52,25 @@ def timestamp(seconds: float | None = None) -> str:
     """ISO 8601 UTC, to the second."""
     moment = datetime.now(UTC) if seconds is None else datetime.fromtimestamp(seconds, UTC)
     return moment.isoformat(timespec="seconds")
+
+
+class LazyDatabase:
+    """A :class:`SafeSQLite` opened on first use. Tools run in worker threads, so the open is
+    decided under a lock; ``close`` may be called from any thread."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._db: SafeSQLite | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _connection(self, opener: Callable[[], SafeSQLite]) -> SafeSQLite:
+        with self._lock:
+            if self._db is None:
+                self._db = opener()
+            return self._db

@@ -8,14 +8,11 @@ until the notes store creates it) and then kept; the connection is thread-safe.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
-from pathlib import Path
 from typing import Any
 
 from elaria.security import SafeSQLite
-from python_tools._common import json_safe, tool_error
+from python_tools._common import LazyDatabase, json_safe, tool_error
 
 __all__ = ["DEFAULT_QUERY_ROWS", "MAX_QUERY_ROWS", "DatabaseTools"]
 
@@ -27,31 +24,20 @@ MAX_QUERY_ROWS = 1_000
 Scalar = str | int | float | bool | None
 
 
-class DatabaseTools:
+class DatabaseTools(LazyDatabase):
     """The SQLite tools over the database at ``path``."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._db: SafeSQLite | None = None
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
     def _open(self, tool: str) -> SafeSQLite:
-        with self._lock:
-            if self._db is None:
-                if not self.path.is_file():
-                    raise tool_error(
-                        tool,
-                        f"there is no database yet ({self.path.name} does not exist)",
-                        "Add a note with add_note to create it, or answer without SQL.",
-                    )
-                self._db = SafeSQLite(self.path, allowed_tables=None, read_only=True)
-            return self._db
+        def opener() -> SafeSQLite:
+            if not self.path.is_file():
+                raise tool_error(
+                    tool,
+                    f"there is no database yet ({self.path.name} does not exist)",
+                    "Add a note with add_note to create it, or answer without SQL.",
+                )
+            return SafeSQLite(self.path, allowed_tables=None, read_only=True)
+
+        return self._connection(opener)
 
     def list_tables(self) -> dict[str, Any]:
         """List the tables of the SQLite database, with their column names."""

@@ -8,14 +8,11 @@ use by this module's own trusted connection. Thread-safe: SafeSQLite serialises 
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
-from pathlib import Path
 from typing import Any
 
 from elaria.security import SafeSQLite
-from python_tools._common import timestamp, tool_error
+from python_tools._common import LazyDatabase, timestamp, tool_error
 
 __all__ = ["MAX_FIND_RESULTS", "NotesStore"]
 
@@ -38,32 +35,21 @@ CREATE TABLE IF NOT EXISTS notes (
 _COLUMNS = "id, title, body, tags, created_at, updated_at"
 
 
-class NotesStore:
+class NotesStore(LazyDatabase):
     """Notes kept in the ``notes`` table of the SQLite database at ``path``."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._db: SafeSQLite | None = None
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
     def _store(self) -> SafeSQLite:
-        with self._lock:
-            if self._db is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path)
-                try:
-                    with conn:
-                        conn.execute(_SCHEMA)
-                finally:
-                    conn.close()
-                self._db = SafeSQLite(self.path, allowed_tables=["notes"], read_only=False)
-            return self._db
+        return self._connection(self._create)
+
+    def _create(self) -> SafeSQLite:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path)
+        try:
+            with conn:
+                conn.execute(_SCHEMA)
+        finally:
+            conn.close()
+        return SafeSQLite(self.path, allowed_tables=["notes"], read_only=False)
 
     def add_note(self, title: str, body: str = "", tags: list[str] | None = None) -> dict[str, Any]:
         """Save a new note.
