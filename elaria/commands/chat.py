@@ -18,11 +18,15 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.panel import Panel
 from rich.table import Table
 
-from elaria.agent.backend import BackendChoice, require_lmstudio
-from elaria.commands.run import add_common_options, prepare_settings, quiet_libraries
+from elaria.agent.backend import require_lmstudio
+from elaria.commands.run import (
+    add_common_options,
+    prepare_settings,
+    quiet_libraries,
+    start_runtime,
+)
 from elaria.config import Settings
 from elaria.errors import ElariaError, RunError
 
@@ -53,30 +57,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _chat(args: argparse.Namespace, settings: Settings) -> int:
-    from elaria.agent.render import EventRenderer, ask_approval, summary_line
-    from elaria.runtime import Runtime
+    from elaria.agent.render import EventRenderer, summary_line
 
     console = Console(highlight=False, soft_wrap=True)
     renderer = EventRenderer(console)
 
-    async def approve(request: Any) -> Any:
-        renderer.stop()
-        return await ask_approval(console, request)
-
-    backend: BackendChoice = args.backend
-    runtime = Runtime(
-        settings, backend=backend, approve=approve, serve_health=args.health_port is not None
-    )
-    renderer.spin("starting…")
-    try:
-        await runtime.start()
-    finally:
-        renderer.stop()
+    runtime = await start_runtime(args, settings, renderer, console, "starting…")
     async with runtime:
-        assert runtime.backend is not None
-        banner = runtime.backend.banner()
-        if banner:
-            console.print(Panel(escape(banner), title="embedded model", border_style="yellow"))
         console.print("[dim]Type a message; " + ", ".join(SLASH_COMMANDS) + ". Ctrl-D to leave.[/]")
         session = runtime.session()
         while True:

@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -28,7 +28,11 @@ from elaria.agent.backend import BackendChoice, require_lmstudio
 from elaria.config import Settings, load_settings
 from elaria.errors import ConfigError, ElariaError
 
-__all__ = ["configure", "main", "prepare_settings", "quiet_libraries"]
+if TYPE_CHECKING:
+    from elaria.agent.render import EventRenderer
+    from elaria.runtime import Runtime
+
+__all__ = ["configure", "main", "prepare_settings", "quiet_libraries", "start_runtime"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -125,9 +129,42 @@ def main(args: argparse.Namespace) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
 
 
-async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from elaria.agent.render import EventRenderer, ask_approval, summary_line
+async def start_runtime(
+    args: argparse.Namespace,
+    settings: Settings,
+    renderer: EventRenderer,
+    notices: Console,
+    starting: str,
+) -> Runtime:
+    """Start a Runtime for a CLI command: approvals are asked on ``notices``, a spinner turns while
+    it starts, then the embedded-model banner and the health URL are shown. The caller enters
+    the returned runtime with ``async with`` (which closes it)."""
+    from elaria.agent.render import ask_approval
     from elaria.runtime import Runtime
+
+    async def approve(request: Any) -> Any:
+        renderer.stop()
+        return await ask_approval(notices, request)
+
+    runtime = Runtime(
+        settings, backend=args.backend, approve=approve, serve_health=args.health_port is not None
+    )
+    renderer.spin(starting)
+    try:
+        await runtime.start()
+    finally:
+        renderer.stop()
+    assert runtime.backend is not None
+    banner = runtime.backend.banner()
+    if banner:
+        notices.print(Panel(escape(banner), title="embedded model", border_style="yellow"))
+    if runtime.health_url:
+        notices.print(f"[dim]health: {escape(runtime.health_url)} (and /metrics)[/]")
+    return runtime
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from elaria.agent.render import EventRenderer, summary_line
 
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False)
@@ -136,25 +173,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     events: list[dict[str, Any]] = []
     renderer = EventRenderer(ui, show_spinner=not args.json)
 
-    async def approve(request: Any) -> Any:
-        renderer.stop()
-        return await ask_approval(err, request)
-
-    runtime = Runtime(
-        settings, backend=backend, approve=approve, serve_health=args.health_port is not None
-    )
-    renderer.spin(_starting_text(backend))
-    try:
-        await runtime.start()
-    finally:
-        renderer.stop()
+    runtime = await start_runtime(args, settings, renderer, err, _starting_text(backend))
     async with runtime:
-        assert runtime.backend is not None
-        banner = runtime.backend.banner()
-        if banner:
-            err.print(Panel(escape(banner), title="embedded model", border_style="yellow"))
-        if runtime.health_url:
-            err.print(f"[dim]health: {escape(runtime.health_url)} (and /metrics)[/]")
 
         def on_event(event: Any) -> None:
             if args.json:
