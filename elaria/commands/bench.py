@@ -34,6 +34,11 @@ def main(args: argparse.Namespace) -> int:
     if args.name not in names:
         print(f"error: no benchmark named {args.name!r}; available: {', '.join(names)}")
         return 2
+    from elaria.commands.run import quiet_libraries
+    from elaria.config import load_settings
+
+    # The terminal is for the JSON report; what the components log goes to the log files.
+    quiet_libraries(load_settings())
     module = importlib.import_module(f"elaria.bench.{args.name}")
     result: Any = module.run(quick=args.quick)
     if inspect.iscoroutine(result):

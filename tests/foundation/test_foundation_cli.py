@@ -74,3 +74,18 @@ def test_console_script_bad_toml_gives_one_paragraph_not_a_traceback(tmp_path: P
 def test_bench_list_names_the_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "list"]) == 0
     assert main(["bench", "no-such-bench"]) == 2
+
+
+def test_bench_prints_only_json_and_no_log_lines() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "elaria.cli", "bench", "pool", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert isinstance(report, dict)
+    # The pool logs its reconnects (35 lines before the fix); they go to the log files.
+    assert proc.stderr == ""
