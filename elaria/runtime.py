@@ -273,6 +273,7 @@ class Runtime:
             workspace=workspace,
             max_argument_chars=self.settings.agent.max_argument_chars,
             allowed_remote_hosts=self.settings.security.allowed_remote_hosts,
+            retry_failed_starts=True,
         )
         self._mcp = bridge
         self._stack.push_async_callback(bridge.aclose)
@@ -300,6 +301,8 @@ class Runtime:
             )
         kept = [t for t in self.registry if (keep is None or t.name in keep) and t.name not in drop]
         self.registry = ToolRegistry(kept)
+        if self._mcp is not None:  # tools appearing after an MCP restart pass the same filter
+            self._mcp.track(self.registry, lambda n: (keep is None or n in keep) and n not in drop)
 
     async def close(self) -> None:
         if self._closed:

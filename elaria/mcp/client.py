@@ -13,8 +13,20 @@ server, all at once. :meth:`McpBridge.start` returns the tools of every server t
 
 A server that fails to start stops nothing else: it is represented by one tool,
 ``<server>.unavailable``, whose call explains the failure to the model, and its stats say why.
-A server that dies later keeps its tools; their calls fail fast with a readable error until it is
-back. Tool failures reach the model as :class:`~elaria.errors.ToolError`\\ s.
+With ``retry_failed_starts=True`` (the runtime and the proxy ask for it; a one-shot check does
+not) the server is retried in the background within its restart budget; meanwhile the
+placeholder's call says when the next attempt is due, and once the server is up its tools
+replace the placeholder. A server that dies later keeps its tools; their calls fail fast with a
+readable error until it is back. Tool failures reach the model as
+:class:`~elaria.errors.ToolError`\\ s.
+
+Every restart lists the server's tools again. When the list changed (or the server came up for
+the first time late), :attr:`McpBridge.tools` is rebuilt for that server and the registry given
+to :meth:`McpBridge.register` (or :meth:`McpBridge.track`) gets the server's entries swapped:
+``remove_source`` then ``add``, in one synchronous step on the supervisor's task. That task runs
+on the loop that called :meth:`start`, which must be the loop owning the registry; a call
+already running keeps its handler, and the next round sees the new list. A new name that clashes
+with another server's tool is exposed as ``server.tool``.
 
 Loop confinement: all methods on the loop that called :meth:`start`; tool handlers may run
 concurrently. :meth:`aclose` kills every child's process group; so do interpreter exit and
@@ -27,13 +39,14 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 import jsonschema
 import mcp_types as types
+from loguru import logger
 
 from elaria.agent.tools import Tool, ToolRegistry
 from elaria.config import McpSettings
@@ -65,6 +78,7 @@ class McpBridge:
         restart_initial_delay_s: float | None = None,
         ask_means_deny: bool = False,
         allowed_remote_hosts: Sequence[str] = (),
+        retry_failed_starts: bool = False,
     ) -> None:
         self.config = config
         self.settings = settings or McpSettings()
@@ -78,10 +92,20 @@ class McpBridge:
         if delay is None:
             delay = RESTART_INITIAL_DELAY_S
         self.supervisors = {
-            name: ServerSupervisor(name, server, self.settings, restart_initial_delay_s=delay)
+            name: ServerSupervisor(
+                name,
+                server,
+                self.settings,
+                restart_initial_delay_s=delay,
+                retry_first_start=retry_failed_starts,
+                on_tools=self._tools_changed,
+            )
             for name, server in config.servers.items()
         }
         self.tools: list[Tool] = []
+        self._listed: dict[str, list[dict[str, Any]]] = {}
+        self._registry: ToolRegistry | None = None
+        self._accept: Callable[[str], bool] = _accept_all
         self._approvals: dict[str, str] = {}
         self._firewalls: dict[str, Firewall] = {}
 
@@ -102,6 +126,7 @@ class McpBridge:
                 failed[name] = result
             else:
                 offered[name] = [t for t in result if self.config.servers[name].exposes(t.name)]
+                self._listed[name] = _fingerprint(offered[name])
         counts: dict[str, int] = {}
         for tools in offered.values():
             for t in tools:
@@ -119,12 +144,61 @@ class McpBridge:
         return list(built)
 
     def register(self, registry: ToolRegistry) -> list[Tool]:
-        """Add the tools to ``registry``; a clash with another source becomes ``server.tool``."""
+        """Add the tools to ``registry``; a clash with another source becomes ``server.tool``.
+
+        The registry is then kept current as servers restart (see the module docstring).
+        """
         added = []
         for tool in self.tools:
             server = tool.source.removeprefix("mcp:")
             added.append(registry.add(tool, namespace=server))
+        self.track(registry)
         return added
+
+    def track(self, registry: ToolRegistry, accept: Callable[[str], bool] | None = None) -> None:
+        """Keep ``registry``'s MCP entries current from now on (it already holds the tools).
+
+        For a caller that copied the registered tools into a new registry (e.g. after filtering
+        them): ``accept(name)`` says whether a tool that appears after a restart may be added.
+        """
+        self._registry = registry
+        self._accept = accept or _accept_all
+
+    def _tools_changed(self, server: str, remote: list[types.Tool]) -> None:
+        """A (re)start listed ``remote``: rebuild the server's tools if the list changed."""
+        cfg = self.config.servers[server]
+        offered = [t for t in remote if cfg.exposes(t.name)]
+        fingerprint = _fingerprint(offered)
+        if self._listed.get(server) == fingerprint:
+            return
+        self._listed[server] = fingerprint
+        source = f"mcp:{server}"
+        others = {t.name for t in self.tools if t.source != source}
+        built = []
+        for t in offered:
+            clashes = _sanitise(t.name) in others
+            tool = self._bridge_tool(server, t, namespaced=clashes)
+            if tool is not None:
+                built.append(tool)
+        self.tools = [t for t in self.tools if t.source != source] + built
+        registry = self._registry
+        if registry is not None:
+            registry.remove_source(source)
+            for tool in built:
+                if not self._accept(tool.name):
+                    continue
+                try:
+                    registry.add(tool, namespace=server)
+                except ValueError as exc:  # the name and server.name are both taken
+                    logger.bind(kind="mcp", server=server).warning(
+                        "MCP tool {} left out: {}", tool.name, exc
+                    )
+        logger.bind(kind="mcp", server=server).info(
+            "MCP server {} now offers {} tools: {}",
+            server,
+            len(built),
+            ", ".join(t.name for t in built) or "none",
+        )
 
     def approvals(self) -> dict[str, str]:
         """Exposed tool name → ``auto|ask|deny`` from the config, for the agent's policy."""
@@ -234,10 +308,19 @@ class McpBridge:
 
     def _unavailable_tool(self, server: str, exc: BaseException) -> Tool:
         message = str(exc)
+        supervisor = self.supervisors[server]
 
         async def handler(arguments: dict[str, Any]) -> str:
+            if supervisor.state == "restarting":
+                raise ToolExecutionError(
+                    f"MCP server {server!r} {supervisor.down_message()}",
+                    tool=f"{server}.unavailable",
+                    hint="Its tools appear once it is up; meanwhile use the other tools.",
+                )
+            tries = supervisor.attempts
+            gave_up = f" (gave up after {tries} attempts)" if tries > 1 else ""
             raise ToolExecutionError(
-                f"MCP server {server!r} is unavailable: {message}",
+                f"MCP server {server!r} is unavailable: {message}{gave_up}",
                 tool=f"{server}.unavailable",
                 hint="Its tools cannot be used in this run; continue with the other tools.",
             )
@@ -268,6 +351,15 @@ def render_result(result: types.CallToolResult) -> str:
     if not parts and result.structured_content is not None:
         parts.append(json.dumps(result.structured_content, ensure_ascii=False, default=str))
     return "\n".join(parts)
+
+
+def _accept_all(name: str) -> bool:
+    return True
+
+
+def _fingerprint(tools: list[types.Tool]) -> list[dict[str, Any]]:
+    """What makes two tool lists the same for the bridge (names, descriptions, schemas)."""
+    return [t.model_dump(mode="json", exclude_none=True) for t in tools]
 
 
 def _sanitise(name: str) -> str:

@@ -10,6 +10,14 @@ setups against crashes and hangs. Modes:
 * ``spawn`` — serves, after starting a long-lived helper process in its own process group that
   outlives the server, the way ``node`` outlives ``npx``: only killing the group ends it.
 
+Environment (set through the server's ``env`` in ``mcp.json``):
+
+* ``FIXTURE_FAIL_UNTIL=FILE`` — while ``FILE`` does not exist, every start exits at once with
+  status 3 (a server that fails to start until the test says it may come up);
+* ``FIXTURE_TOOLS_FILE=FILE`` — offer the tools named in ``FILE`` (comma or newline separated),
+  read at each start: a name not listed below is an extra tool that echoes ``text`` back
+  prefixed by its name. Rewrite the file and restart the server to change its tool list.
+
 Tools: ``echo(text)``; ``block(marker)`` creates the file ``marker`` and never answers (a
 call in flight, for kill tests; other requests are still served); ``grow(mb)`` allocates and
 keeps ``mb`` MiB (for RSS caps). An unknown tool is a JSON-RPC error (-32602).
@@ -21,6 +29,7 @@ milliseconds and restart timings measure the supervisor, not imports.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -68,7 +77,26 @@ def _text(text: str, is_error: bool = False) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}], "isError": is_error}
 
 
-def _call(name: str, args: dict[str, Any]) -> dict[str, Any] | None:
+def _offered(mode: str) -> list[dict[str, Any]]:
+    tools_file = os.environ.get("FIXTURE_TOOLS_FILE")
+    if tools_file is None:
+        return [*_TOOLS, _BROKEN] if mode == "broken-schema" else _TOOLS
+    names = Path(tools_file).read_text().replace(",", "\n").split()
+    known = {t["name"]: t for t in _TOOLS}
+    return [known.get(n) or _extra_tool(n) for n in names]
+
+
+def _extra_tool(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": f"Return the text prefixed by {name}.",
+        "inputSchema": dict(_TOOLS[0]["inputSchema"]),
+    }
+
+
+def _call(name: str, args: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    if name not in {t["name"] for t in _offered(mode)}:
+        raise ValueError(f"Unknown tool: {name}")
     if name == "echo":
         return _text(str(args.get("text", "")))
     if name == "block":
@@ -77,7 +105,7 @@ def _call(name: str, args: dict[str, Any]) -> dict[str, Any] | None:
     if name == "grow":
         _hoard.append(b"x" * (int(args["mb"]) * 2**20))
         return _text(f"holding {sum(len(b) for b in _hoard) // 2**20} MiB")
-    raise ValueError(f"Unknown tool: {name}")
+    return _text(f"{name}: {args.get('text', '')}")
 
 
 _BROKEN: dict[str, Any] = {
@@ -99,9 +127,9 @@ def _answer(message: dict[str, Any], mode: str) -> dict[str, Any] | None:
     if method == "ping":
         return {}
     if method == "tools/list":
-        return {"tools": [*_TOOLS, _BROKEN] if mode == "broken-schema" else _TOOLS}
+        return {"tools": _offered(mode)}
     if method == "tools/call":
-        return _call(str(params.get("name")), dict(params.get("arguments") or {}))
+        return _call(str(params.get("name")), dict(params.get("arguments") or {}), mode)
     raise LookupError(f"method not found: {method}")
 
 
@@ -130,6 +158,10 @@ def serve(mode: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     mode = args[0] if args else "serve"
+    fail_until = os.environ.get("FIXTURE_FAIL_UNTIL")
+    if fail_until is not None and not Path(fail_until).exists():
+        print("fixture: failing this start on purpose", file=sys.stderr, flush=True)
+        sys.exit(3)
     if mode == "crash":
         print("fixture: crashing on purpose", file=sys.stderr, flush=True)
         sys.exit(3)

@@ -17,8 +17,16 @@ A :class:`ServerSupervisor` owns one background task per server. That task holds
    restarted while the restart budget lasts, then it is ``failed`` for good; an HTTP endpoint is
    reconnected for as long as the bridge lives (``restarts`` counts the attempts).
 
-A server that fails its *first* start is ``failed`` at once (a wrong command or URL does not
-heal by retrying); :meth:`start` raises :class:`~elaria.errors.McpError` with the reason.
+A server that fails its *first* start makes :meth:`start` raise :class:`~elaria.errors.McpError`
+with the reason. Then, by default, it is ``failed`` at once (a one-shot check such as
+``elaria mcp check`` reports it as it is). With ``retry_first_start=True`` (what a long-running
+bridge asks for: a server may fail only because the machine just woke up) it is retried in the
+background like a crash: same backoff, same restart budget, each attempt logged, and
+:meth:`stats` shows ``attempts``, ``last_error`` and ``next_attempt_at``. Retries before the
+first success keep the long first-start timeout (``npx`` may still be downloading).
+
+Every (re)start lists the tools again. After the first, the new list is handed to ``on_tools``
+(called on the supervisor's task, so on the loop that called :meth:`start`; it must not block).
 
 :meth:`call` never waits for a server that is down: it raises :class:`McpError` at once, and a
 call in flight when the child dies fails as soon as its pipes close (the group is killed on the
@@ -34,10 +42,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
 import mcp_types as types
+from loguru import logger
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -49,7 +59,15 @@ from elaria.mcp.config import HttpServerConfig, ServerConfig, StdioServerConfig
 from elaria.mcp.transport import ChildProcess, child_streams, install_exit_cleanup
 from elaria.resilience.backoff import ReconnectBackoff
 
-__all__ = ["RESTART_TIMEOUT_S", "ServerState", "ServerSupervisor", "SupervisorStats"]
+ToolsListener = Callable[[str, list[types.Tool]], None]
+
+__all__ = [
+    "RESTART_TIMEOUT_S",
+    "ServerState",
+    "ServerSupervisor",
+    "SupervisorStats",
+    "ToolsListener",
+]
 
 ServerState = Literal["starting", "ready", "restarting", "failed", "closed"]
 
@@ -85,6 +103,10 @@ class SupervisorStats:
     restarts: int
     last_error: str | None
     tools: int
+    #: Connection attempts so far (the first start included).
+    attempts: int = 0
+    #: When the next attempt is due (UTC, ISO 8601), while ``restarting``.
+    next_attempt_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +118,8 @@ class SupervisorStats:
             "restarts": self.restarts,
             "last_error": self.last_error,
             "tools": self.tools,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
         }
 
 
@@ -110,6 +134,8 @@ class ServerSupervisor:
         *,
         clock: Callable[[], float] = time.monotonic,
         restart_initial_delay_s: float = RESTART_INITIAL_DELAY_S,
+        retry_first_start: bool = False,
+        on_tools: ToolsListener | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -118,6 +144,12 @@ class ServerSupervisor:
         self.restarts = 0
         self.last_error: str | None = None
         self.tools: list[types.Tool] = []
+        self.attempts = 0
+        self.retry_first_start = retry_first_start
+        self.on_tools = on_tools
+        self._clock = clock
+        self._next_attempt: tuple[float, float] | None = None  # (clock value, wall time)
+        self._ever_ready = False
         self._client: Client | None = None
         self._child: ChildProcess | None = None
         self._closing = False
@@ -206,6 +238,8 @@ class ServerSupervisor:
             restarts=self.restarts,
             last_error=self.last_error,
             tools=len(self.tools),
+            attempts=self.attempts,
+            next_attempt_at=self._next_attempt_text(),
         )
 
     async def aclose(self) -> None:
@@ -252,18 +286,38 @@ class ServerSupervisor:
                 return
             self.last_error = reason
             if not self._first.done():
-                self.state = "failed"
                 hint = self._start_hint()
                 failed = McpError(f"failed to start: {reason}", server=self.name, hint=hint)
+                if not self.retry_first_start:
+                    self.state = "failed"
+                    self._first.set_exception(failed)
+                    return
+                # Set before resolving start(), so its caller already sees "restarting".
+                self.state = "restarting"
                 self._first.set_exception(failed)
-                return
+            if not self._ever_ready:
+                timeout = self.first_start_timeout_s
             # The budget bounds processes we spawn; a remote endpoint is retried with backoff.
             is_child = isinstance(self.config, StdioServerConfig)
             if is_child and self.restarts >= self._settings.restart_budget:
                 self.state = "failed"
+                logger.bind(kind="mcp", server=self.name).warning(
+                    "MCP server {} is down for good after {} attempts: {}",
+                    self.name,
+                    self.attempts,
+                    reason,
+                )
                 return
             self.state = "restarting"
             delay = self._backoff.next_delay()
+            self._next_attempt = (self._clock() + delay, time.time() + delay)
+            logger.bind(kind="mcp", server=self.name).warning(
+                "MCP server {} is down ({}); attempt {} in {:.2f} s",
+                self.name,
+                reason,
+                self.attempts + 1,
+                delay,
+            )
             # The child's exit set it; only aclose() may cut the delay short (it sets the flag
             # before waking us, so clearing here cannot lose a close).
             self._wake.clear()
@@ -272,6 +326,7 @@ class ServerSupervisor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
+            self._next_attempt = None
             if self._is_closing():
                 return
             self.restarts += 1
@@ -279,6 +334,7 @@ class ServerSupervisor:
     async def _serve_once(self, start_timeout: float) -> str:
         """One connection from spawn to teardown; returns why it ended."""
         self._wake.clear()
+        self.attempts += 1
         with anyio.CancelScope(deadline=anyio.current_time() + start_timeout) as scope:
             async with contextlib.AsyncExitStack() as stack:
                 transport: Any
@@ -310,6 +366,9 @@ class ServerSupervisor:
                 if not self._first_done():
                     assert self._first is not None
                     self._first.set_result(tools)
+                elif self.on_tools is not None:
+                    self._announce(tools)
+                self._ever_ready = True
                 try:
                     reason = await self._watch(client)
                 finally:
@@ -373,11 +432,41 @@ class ServerSupervisor:
     def _first_done(self) -> bool:
         return self._first is not None and self._first.done()
 
+    def _announce(self, tools: list[types.Tool]) -> None:
+        assert self.on_tools is not None
+        try:
+            self.on_tools(self.name, tools)
+        except Exception as exc:  # a listener's bug must not take the server down
+            logger.opt(exception=exc).bind(kind="mcp", server=self.name).error(
+                "the tool list listener of MCP server {} failed", self.name
+            )
+
+    def _next_attempt_text(self) -> str | None:
+        if self._next_attempt is None or self.state != "restarting":
+            return None
+        wall = datetime.fromtimestamp(self._next_attempt[1], UTC)
+        return wall.isoformat(timespec="milliseconds")
+
+    def _retry_note(self) -> str:
+        """When the next attempt is due, e.g. ``retrying in 0.4 s (attempt 3 of 6)``."""
+        budget = self._settings.restart_budget + 1
+        of = f" of {budget}" if isinstance(self.config, StdioServerConfig) else ""
+        if self._next_attempt is None:
+            return f"retrying now (attempt {self.attempts}{of})"
+        wait = max(0.0, self._next_attempt[0] - self._clock())
+        return f"retrying in {wait:.1f} s (attempt {self.attempts + 1}{of})"
+
+    def down_message(self) -> str:
+        """Why calls fail right now (the server is not ``ready``): the reason and the next try."""
+        return self._down_message()
+
     def _down_message(self) -> str:
         if self.state == "failed":
             return f"is down for good: {self.last_error}"
+        if self.state == "restarting" and not self._ever_ready:
+            return f"has not started yet ({self.last_error}); {self._retry_note()}"
         if self.state == "restarting":
-            return f"is restarting after: {self.last_error}"
+            return f"is restarting after: {self.last_error}; {self._retry_note()}"
         if self.state == "closed":
             return "is closed"
         return "is still starting"
