@@ -26,7 +26,9 @@ to :meth:`McpBridge.register` (or :meth:`McpBridge.track`) gets the server's ent
 ``remove_source`` then ``add``, in one synchronous step on the supervisor's task. That task runs
 on the loop that called :meth:`start`, which must be the loop owning the registry; a call
 already running keeps its handler, and the next round sees the new list. A new name that clashes
-with another server's tool is exposed as ``server.tool``.
+with another server's tool is exposed as ``server.tool``. A new tool whose config ``approval``
+is ``ask`` but that was not in :meth:`McpBridge.approvals` when the caller read it is refused
+by the firewall (the caller's policy would run it without asking).
 
 Loop confinement: all methods on the loop that called :meth:`start`; tool handlers may run
 concurrently. :meth:`aclose` kills every child's process group; so do interpreter exit and
@@ -105,6 +107,8 @@ class McpBridge:
         self.tools: list[Tool] = []
         self._listed: dict[str, list[dict[str, Any]]] = {}
         self._registry: ToolRegistry | None = None
+        #: Names whose approval mode the caller took from :meth:`approvals` (its policy asks).
+        self._published: set[str] = set()
         self._accept: Callable[[str], bool] = _accept_all
         self._approvals: dict[str, str] = {}
         self._firewalls: dict[str, Firewall] = {}
@@ -177,7 +181,7 @@ class McpBridge:
         built = []
         for t in offered:
             clashes = _sanitise(t.name) in others
-            tool = self._bridge_tool(server, t, namespaced=clashes)
+            tool = self._bridge_tool(server, t, namespaced=clashes, late=True)
             if tool is not None:
                 built.append(tool)
         self.tools = [t for t in self.tools if t.source != source] + built
@@ -201,7 +205,12 @@ class McpBridge:
         )
 
     def approvals(self) -> dict[str, str]:
-        """Exposed tool name → ``auto|ask|deny`` from the config, for the agent's policy."""
+        """Exposed tool name → ``auto|ask|deny`` from the config, for the agent's policy.
+
+        A tool that appears after this call (a server restarted with new tools) and whose mode
+        is ``ask`` is refused by the firewall: the caller's policy would not know to ask.
+        """
+        self._published = set(self._approvals)
         return dict(self._approvals)
 
     def stats(self) -> list[dict[str, Any]]:
@@ -249,7 +258,9 @@ class McpBridge:
             )
         return self._firewalls[server]
 
-    def _bridge_tool(self, server: str, remote: types.Tool, *, namespaced: bool) -> Tool | None:
+    def _bridge_tool(
+        self, server: str, remote: types.Tool, *, namespaced: bool, late: bool = False
+    ) -> Tool | None:
         supervisor = self.supervisors[server]
         cfg: ServerConfig = self.config.servers[server]
         schema = dict(remote.input_schema or {})
@@ -268,10 +279,18 @@ class McpBridge:
         approval = cfg.approval_for(remote.name)
         if approval is not None:
             self._approvals[name] = approval
+        nobody_asks = late and approval == "ask" and name not in self._published
         remote_name = remote.name
 
         async def handler(arguments: dict[str, Any]) -> str:
-            firewall.check(name, arguments, arg_kinds=arg_kinds, approval=approval, server=server)
+            firewall.check(
+                name,
+                arguments,
+                arg_kinds=arg_kinds,
+                approval=approval,
+                server=server,
+                nobody_asks=nobody_asks,
+            )
             started = time.perf_counter()
             try:
                 result = await supervisor.call(remote_name, arguments)

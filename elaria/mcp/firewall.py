@@ -120,8 +120,13 @@ class Firewall:
         arg_kinds: Mapping[str, ArgKind] | None = None,
         approval: str | None = None,
         server: str | None = None,
+        nobody_asks: bool = False,
     ) -> None:
-        """Refuse the call (and audit it) or return quietly."""
+        """Refuse the call (and audit it) or return quietly.
+
+        ``nobody_asks``: this tool's ``ask`` cannot reach an approver (e.g. the tool appeared
+        after the agent's policy was built), so ``ask`` refuses as if ``ask_means_deny``.
+        """
         self.calls += 1
         try:
             check_tool_arguments(arguments, max_chars=self.max_argument_chars)
@@ -149,7 +154,7 @@ class Firewall:
                 tool=tool,
                 hint="This call was refused before it ran; change the arguments.",
             ) from exc
-        if approval == "deny" or (approval == "ask" and self._ask_means_deny):
+        if approval == "deny" or (approval == "ask" and (self._ask_means_deny or nobody_asks)):
             self.refusals += 1
             why = "denied by policy" if approval == "deny" else "needs approval; nobody to ask"
             self.record(tool, arguments, "denied", server=server, reason=why)

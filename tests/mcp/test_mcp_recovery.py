@@ -11,7 +11,7 @@ import pytest
 
 from elaria.agent.tools import ToolRegistry
 from elaria.config import McpSettings
-from elaria.errors import ToolExecutionError
+from elaria.errors import ToolDenied, ToolExecutionError
 from elaria.mcp.client import McpBridge
 from elaria.mcp.config import parse_mcp_config
 from elaria.mcp.testing import fixture_server, wait_until
@@ -83,23 +83,32 @@ async def test_a_restart_with_a_new_tool_list_updates_the_registry(tmp_path: Pat
     tools_file = tmp_path / "tools.txt"
     tools_file.write_text("echo,block")
     settings = McpSettings(health_interval_ms=500)
-    bridge = _bridge(settings, fx=fixture_server(env={"FIXTURE_TOOLS_FILE": str(tools_file)}))
+    entry = fixture_server(
+        env={"FIXTURE_TOOLS_FILE": str(tools_file)},
+        approval={"echo": "ask", "shout": "ask", "grow": "ask"},
+    )
+    bridge = _bridge(settings, fx=entry)
     async with bridge:
         registry = ToolRegistry()
         bridge.register(registry)
         assert registry.names() == ["block", "echo"]
+        # The agent's policy learns these once; a later "ask" tool cannot be asked about.
+        assert bridge.approvals() == {"echo": "ask"}
         # A filtered copy, as the runtime keeps one: a new tool must pass the same filter.
         filtered = ToolRegistry(list(registry))
         bridge.track(filtered, accept=lambda name: name != "grow")
 
-        tools_file.write_text("echo,shout,grow")
+        tools_file.write_text("echo,shout,grow,wave")
         pid = bridge.supervisors["fx"].pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         await wait_until(lambda: "shout" in filtered, "the restarted server's new tool")
-        assert filtered.names() == ["echo", "shout"]  # block gone, grow filtered out
-        assert sorted(t.name for t in bridge.tools) == ["echo", "grow", "shout"]
-        assert await filtered.get("shout").invoke({"text": "hi"}) == "shout: hi"
+        assert filtered.names() == ["echo", "shout", "wave"]  # block gone, grow filtered out
+        assert sorted(t.name for t in bridge.tools) == ["echo", "grow", "shout", "wave"]
+        assert await filtered.get("wave").invoke({"text": "hi"}) == "wave: hi"
+        assert await filtered.get("echo").invoke({"text": "known"}) == "known"
+        with pytest.raises(ToolDenied, match="needs approval; nobody to ask"):
+            await filtered.get("shout").invoke({"text": "hi"})
         assert bridge.supervisors["fx"].restarts == 1
         # The registry it no longer tracks is left as it was.
         assert registry.names() == ["block", "echo"]
