@@ -1,0 +1,35 @@
+"""The Runtime with an MCP server that is down when it starts: the loop calls its tool once up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from elaria.config import Settings
+from elaria.embedded import ScriptedEngine, ToolCall, reply, tool_calls
+from elaria.mcp.testing import fixture_server, wait_until
+from elaria.runtime import Runtime
+
+
+async def test_a_server_down_at_start_joins_the_runtime_registry_once_up(tmp_path: Path) -> None:
+    may_start = tmp_path / "may-start"
+    config = tmp_path / "mcp.json"
+    late = fixture_server(env={"FIXTURE_FAIL_UNTIL": str(may_start)})
+    config.write_text(json.dumps({"mcpServers": {"late": late}}))
+    settings = Settings.model_validate(
+        {"agent": {"workspace": str(tmp_path)}, "mcp": {"config": str(config)}}
+    )
+    engine = ScriptedEngine()
+    engine.script(tool_calls(ToolCall("echo", {"text": "back again"})), reply("Done."))
+    async with Runtime(settings, engine=engine, builtin_tools=False) as rt:
+        assert rt.registry.names() == ["late.unavailable"]
+        may_start.write_text("go")
+        await wait_until(lambda: "echo" in rt.registry, "the late server's tools in the runtime")
+        assert "late.unavailable" not in rt.registry
+        result = await rt.run("Echo something")
+        [server] = rt.stats()["mcp"]
+        assert server["state"] == "ready"
+        assert server["attempts"] >= 2
+    assert result.answer == "Done."
+    contents = [str(r["content"]) for r in engine.requests[1].messages[-1]["content"]]
+    assert contents == ["back again"]
