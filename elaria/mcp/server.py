@@ -1,7 +1,11 @@
 """Elaria as an MCP server: any list of :class:`~elaria.agent.tools.Tool`\\ s over stdio or HTTP.
 
 :func:`build_server` wraps tools in the SDK's low-level ``Server`` (the tools keep their own JSON
-schemas, so MCP tools re-exported by the proxy pass through unchanged). Each call:
+schemas, so MCP tools re-exported by the proxy pass through unchanged). Given a
+:class:`~elaria.agent.tools.ToolRegistry` instead of a list, it lists and looks tools up in the
+registry at each request, so tools the registry gains or loses later (an MCP server behind the
+proxy restarted with other tools) are served; the registry must live on the serving loop. Each
+call:
 
 1. the tool must exist, and the arguments must pass its schema;
 2. the :class:`~elaria.mcp.firewall.Firewall` (when given) checks keys, lengths and the tool's
@@ -32,7 +36,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.stdio import stdio_server
 
-from elaria.agent.tools import Tool
+from elaria.agent.tools import Tool, ToolRegistry
 from elaria.errors import SecurityViolation, ToolError
 from elaria.mcp.firewall import Firewall
 
@@ -48,29 +52,32 @@ STARTED_POLL_S = 0.01
 
 def build_server(
     name: str,
-    tools: Sequence[Tool],
+    tools: Sequence[Tool] | ToolRegistry,
     *,
     firewall: Firewall | None = None,
     version: str = "",
     instructions: str | None = None,
 ) -> Server[Any]:
     """A low-level MCP server exposing ``tools`` (names must be unique)."""
-    by_name = {t.name: t for t in tools}
-    if len(by_name) != len(tools):
-        raise ValueError("tool names must be unique")
-    listing = [
-        types.Tool(name=t.name, description=t.description, input_schema=dict(t.parameters))
-        for t in tools
-    ]
+    if isinstance(tools, ToolRegistry):
+        registry = tools
+    else:
+        registry = ToolRegistry()
+        for t in tools:
+            try:
+                registry.add(t)
+            except ValueError:
+                raise ValueError("tool names must be unique") from None
 
     async def on_list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=listing)
+        return types.ListToolsResult(tools=[_listed(t) for t in registry])
 
     async def on_call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        by_name = {t.name: t for t in registry}
         return await call_tool(by_name, params.name, params.arguments or {}, firewall)
 
     return Server(
@@ -79,6 +86,12 @@ def build_server(
         instructions=instructions,
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
+    )
+
+
+def _listed(tool: Tool) -> types.Tool:
+    return types.Tool(
+        name=tool.name, description=tool.description, input_schema=dict(tool.parameters)
     )
 
 

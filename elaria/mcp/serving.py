@@ -5,7 +5,8 @@
   :class:`~elaria.mcp.firewall.Firewall` whose path validator is rooted at the workspace.
 * :func:`serve_proxy` — every tool of the servers in an ``mcp.json``, through the bridge (and so
   through the firewall: keys, lengths, tagged validators, ``approval``; ``ask`` is refused since a
-  proxy has nobody to ask).
+  proxy has nobody to ask). A server that fails to start is retried in the background; its
+  tools are listed once it is up, and a restart that changes a server's tools changes the list.
 
 Every call, refused or run, becomes a request record in the audit ledger (:class:`LedgerAudit`).
 
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from elaria.agent.tools import Tool
+from elaria.agent.tools import Tool, ToolRegistry
 from elaria.config import Settings
 from elaria.errors import ConfigError
 from elaria.mcp.client import McpBridge, assess_mcp
@@ -143,10 +144,13 @@ async def serve_proxy(
         max_argument_chars=settings.agent.max_argument_chars,
         ask_means_deny=True,
         allowed_remote_hosts=settings.security.allowed_remote_hosts,
+        retry_failed_starts=True,
     )
     try:
-        tools = await bridge.start()
-        tools.append(health_tool(bridge, settings))
+        await bridge.start()
+        # The health tool first: a server tool of the same name becomes ``server.name``.
+        tools = ToolRegistry([health_tool(bridge, settings)])
+        bridge.register(tools)
         server = build_server(
             "elaria-proxy",
             tools,

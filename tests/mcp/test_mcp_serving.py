@@ -15,7 +15,7 @@ from mcp import Client
 from elaria.config import Settings
 from elaria.mcp import fixture_server as fixture
 from elaria.mcp.serving import serve_builtin, serve_proxy
-from elaria.mcp.testing import fixture_server, node_packages_problem
+from elaria.mcp.testing import POLL_S, fixture_server, node_packages_problem
 
 Serve = Callable[[Callable[[str], None]], Coroutine[Any, Any, None]]
 
@@ -88,6 +88,31 @@ async def test_serve_proxy_over_http_in_process(tmp_path: Path) -> None:
         health = json.loads(_text(await client.call_tool("runtime_health", {})))
         assert health["sections"]["mcp"][0]["server"] == "fx"
         assert health["sections"]["mcp"][0]["state"] == "ready"
+
+
+async def test_the_proxy_lists_a_late_server_tools_once_it_is_up(tmp_path: Path) -> None:
+    may_start = tmp_path / "may-start"
+    late = fixture_server(env={"FIXTURE_FAIL_UNTIL": str(may_start)})
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"late": late}}))
+    settings = _settings(tmp_path)
+
+    async def serve(on_ready: Callable[[str], None]) -> None:
+        await serve_proxy(settings, config_path=config, transport="http", on_ready=on_ready)
+
+    async with serving(serve) as url, Client(url, mode="legacy", cache=None) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert names == {"late.unavailable", "runtime_health"}
+        down = await client.call_tool("late.unavailable", {})
+        assert down.is_error
+        assert "late" in _text(down)
+        may_start.write_text("go")
+        async with asyncio.timeout(30):
+            while "echo" not in {t.name for t in (await client.list_tools()).tools}:
+                await asyncio.sleep(POLL_S)
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert names == {"echo", "block", "grow", "runtime_health"}
+        assert _text(await client.call_tool("echo", {"text": "late but here"})) == "late but here"
 
 
 def test_fixture_server_protocol() -> None:
