@@ -478,7 +478,8 @@ class Runtime:
         assert self.monitor is not None
         self.monitor.register(history)
         self._histories.add(history)
-        callback = _fan_out(recorder.on_event, on_event)
+        # The recorder's callback never raises: alone, it needs no fan-out guarding it.
+        callback = recorder.on_event if on_event is None else _fan_out(recorder.on_event, on_event)
         return await self._run_task(
             run_id, lambda: loop.run(task, on_event=callback, run_id=run_id), recorder
         )

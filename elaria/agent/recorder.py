@@ -99,6 +99,8 @@ class RunRecorder:
         self.started = time.monotonic()
         self.context = _new_context(telemetry, run_id, task)
         self.rounds = 0
+        # Bound once: several agent events per round reach it.
+        self._record_event = None if self.context is None else self.context.record_agent_event
 
     @contextlib.contextmanager
     def log_context(self) -> Iterator[str]:
@@ -153,8 +155,15 @@ class RunRecorder:
     # ------------------------------------------------------------------ run
 
     def on_event(self, event: ev.AgentEvent) -> None:
-        if self.context is not None:
-            _call(self.context, "record_agent_event", event=event)
+        """Feed ``event`` to the audit record. Never raises (a failure is logged)."""
+        if self._record_event is None:
+            return
+        try:
+            self._record_event(event=event)
+        except Exception:
+            logger.opt(exception=True).bind(kind="telemetry").warning(
+                "audit {} failed", "record_agent_event"
+            )
 
     def finish(
         self,

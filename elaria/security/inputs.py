@@ -7,11 +7,12 @@ hands back to the model. Pure functions, any thread.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from elaria.security.keys import check_keys
+from elaria.security.keys import FORBIDDEN_JS_NAMES, check_keys
 from elaria.security.violations import refuse
 
 __all__ = [
@@ -34,6 +35,13 @@ def check_tool_arguments(
     Keys count as strings too. Raises:
         SecurityViolation: rules ``keys.*`` or ``length.argument``.
     """
+    if type(arguments) is dict and _plainly_fine(arguments, max_chars):
+        return
+    _check_any(arguments, max_chars)
+
+
+def _check_any(arguments: Mapping[str, Any], max_chars: int) -> None:
+    """The general walk of :func:`check_tool_arguments`: any shape, any depth."""
     check_keys(arguments)  # also bounds the depth, so the walk below terminates quickly
     stack: list[tuple[Any, str]] = [(arguments, "$")]
     while stack:
@@ -54,6 +62,43 @@ def check_tool_arguments(
                 stack.append((child, f"{where}.{name[:40]}"))
         elif isinstance(node, list | tuple):
             stack.extend((child, f"{where}[{i}]") for i, child in enumerate(node))
+
+
+#: Flat argument dicts up to this many keys are screened by :func:`_plainly_fine` first.
+_FAST_PATH_MAX_KEYS = 16
+#: Scalars that carry no keys and no text: nothing in them for either check to refuse.
+_PLAIN_SCALARS = (int, float, bool, type(None))
+#: A string starting so may be JSON, whose keys :func:`check_keys` looks into.
+_JSON_OPENERS = ("{", "[")
+#: Keys that no rule of :func:`check_keys` can refuse: short ASCII words, no dunder prefix
+#: (so no control character, no NFKC change, no path separator, no ``__x__`` form).
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def _plainly_fine(arguments: dict[Any, Any], max_chars: int) -> bool:
+    """True only when the general walk would surely accept ``arguments``: a small flat dict of
+    plain keys and plain numbers, flags or strings that cannot be JSON (no ``{``/``[``/space
+    first) and fit ``max_chars``. Anything else — including everything the walk would refuse —
+    answers False, and the caller takes the general path, so verdicts and errors are its own.
+    Tool calls are nearly always of this shape, once per tool call."""
+    if len(arguments) > _FAST_PATH_MAX_KEYS:
+        return False
+    for key, value in arguments.items():
+        if type(key) is not str or not _plain_key(key) or len(key) > max_chars:
+            return False
+        kind = type(value)
+        if kind is str:
+            first = value[:1]
+            if len(value) > max_chars or first in _JSON_OPENERS or first.isspace():
+                return False
+        elif kind not in _PLAIN_SCALARS:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)  # tool argument names repeat on every call
+def _plain_key(key: str) -> bool:
+    return _PLAIN_KEY.fullmatch(key) is not None and key not in FORBIDDEN_JS_NAMES
 
 
 def cap_result(text: str, max_chars: int) -> str:

@@ -128,6 +128,14 @@ class InferenceEvent(BaseModel):
             )
 
 
+#: ``request_id`` / ``run_id`` length bound of :class:`InferenceEvent` (the fast line checks it).
+_ID_MAX_LEN: Final = 128
+#: Exact types the fast line writes as JSON numbers (subclasses take the validated path).
+_PLAIN_NUMBERS: Final = (int, float)
+#: Compact JSON like pydantic's ``model_dump_json``; non-finite numbers never reach it.
+_LINE_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 @functools.lru_cache(maxsize=_REDACTED_TEXTS_CACHED)
 def _redacted(text: str) -> str:
     """``redact_text`` remembered: it is a pure function of its argument."""
@@ -208,6 +216,9 @@ class EventLog:
                 "inference event could not be serialised; dropped"
             )
             return False
+        return self._submit(line)
+
+    def _submit(self, line: bytes) -> bool:
         accepted = self._writer.submit(line)
         if not accepted and not self._writer.running and not self._not_running_reported:
             self._not_running_reported = True
@@ -226,24 +237,11 @@ class EventLog:
         **meta: Any,
     ) -> bool:
         """Record a successful round from its :class:`~elaria.lmstudio.rounds.RoundResult`."""
-        ttft = result.time_to_first_token_s
-        return self.emit(
-            self._event(
-                provider=_provider(result.provider),
-                host=result.host,
-                model=result.model,
-                latency_ms=max(0.0, (latency_s if latency_s is not None else result.total_time_s))
-                * 1000,
-                time_to_first_token_ms=None if ttft is None else max(0.0, ttft) * 1000,
-                tokens_in=max(0, result.prompt_tokens),
-                tokens_out=max(0, result.predicted_tokens),
-                success=True,
-                error_class=None,
-                request_id=request_id,
-                run_id=run_id,
-                meta={"stop_reason": result.stop_reason, **meta},
-            )
-        )
+        if not meta:
+            line = self._round_line(result, request_id, run_id, latency_s)
+            if line is not None:
+                return self._submit(line)
+        return self.emit(self._round_event(result, request_id, run_id, latency_s, meta))
 
     def failed_round(
         self,
@@ -278,6 +276,96 @@ class EventLog:
 
     def stats(self) -> dict[str, Any]:
         return {"path": str(self.path), **self._writer.stats()}
+
+    def _round_event(
+        self,
+        result: RoundResult,
+        request_id: str | None,
+        run_id: str | None,
+        latency_s: float | None,
+        meta: dict[str, Any],
+    ) -> InferenceEvent:
+        """The validated event of a successful round (the general path of :meth:`round`)."""
+        ttft = result.time_to_first_token_s
+        return self._event(
+            provider=_provider(result.provider),
+            host=result.host,
+            model=result.model,
+            latency_ms=max(0.0, (latency_s if latency_s is not None else result.total_time_s))
+            * 1000,
+            time_to_first_token_ms=None if ttft is None else max(0.0, ttft) * 1000,
+            tokens_in=max(0, result.prompt_tokens),
+            tokens_out=max(0, result.predicted_tokens),
+            success=True,
+            error_class=None,
+            request_id=request_id,
+            run_id=run_id,
+            meta={"stop_reason": result.stop_reason, **meta},
+        )
+
+    def _round_line(
+        self,
+        result: RoundResult,
+        request_id: str | None,
+        run_id: str | None,
+        latency_s: float | None,
+    ) -> bytes | None:
+        """The line :meth:`round` would write, built without a pydantic model (once per round).
+
+        The same fields, order, redaction and values as ``InferenceEvent(...).to_line()``; None
+        when any value is one the schema would reject or needs anything but plain JSON (the
+        caller then takes the validated path, which raises or writes as before). The tests check
+        that every line from here parses as an :class:`InferenceEvent` equal to the slow path's.
+        """
+        request_id = request_id or current_request_id() or new_id()
+        run_id = run_id or current_run_id()
+        host, model, provider = result.host, result.model, result.provider
+        tokens_in, tokens_out = result.prompt_tokens, result.predicted_tokens
+        stop_reason = result.stop_reason
+        latency = latency_s if latency_s is not None else result.total_time_s
+        ttft = result.time_to_first_token_s
+        if not (
+            type(request_id) is str
+            and 0 < len(request_id) <= _ID_MAX_LEN
+            and (run_id is None or (type(run_id) is str and len(run_id) <= _ID_MAX_LEN))
+            and type(host) is str
+            and type(model) is str
+            and type(stop_reason) is str
+            and type(tokens_in) is int
+            and type(tokens_out) is int
+            and type(latency) in _PLAIN_NUMBERS
+            and math.isfinite(latency)
+            and (ttft is None or (type(ttft) in _PLAIN_NUMBERS and math.isfinite(ttft)))
+        ):
+            return None
+        tokens_in, tokens_out = max(0, tokens_in), max(0, tokens_out)
+        cost = cost_usd(tokens_in + tokens_out, 0, self.cost_per_1k_tokens)
+        if not math.isfinite(cost):
+            return None
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "created": datetime.now(UTC).isoformat()[:-6] + "Z",
+            "request_id": _redacted(request_id),
+            "run_id": None if run_id is None else _redacted(run_id),
+            "tenant": None if self.tenant is None else _redacted(self.tenant),
+            "project": None if self.project is None else _redacted(self.project),
+            "tier": None if self.tier is None else _redacted(self.tier),
+            "provider": _provider(provider),
+            "host": _redacted(host),
+            "model": _redacted(model),
+            "latency_ms": float(max(0.0, latency) * 1000),
+            "time_to_first_token_ms": None if ttft is None else float(max(0.0, ttft) * 1000),
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "cost_usd": float(cost),
+            "success": True,
+            "error_class": None,
+            "meta": redact({"stop_reason": stop_reason}),
+        }
+        try:
+            return (_LINE_ENCODER.encode(data) + "\n").encode()
+        except UnicodeEncodeError:  # a lone surrogate: to_line's own escaping handles it
+            return None
 
     def _event(
         self, *, request_id: str | None, run_id: str | None, **fields: Any
