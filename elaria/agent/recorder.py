@@ -120,13 +120,15 @@ class RunRecorder:
         log = self.telemetry.events
         if log is not None:
             log.round(result, request_id=request.request_id, run_id=self.run_id, latency_s=seconds)
-        _call(
-            self.context,
-            "record_model_call",
-            result=result,
-            seconds=seconds,
-            request_id=request.request_id,
-        )
+        if self.context is not None:
+            try:
+                self.context.record_model_call(
+                    result=result, seconds=seconds, request_id=request.request_id
+                )
+            except Exception:
+                logger.opt(exception=True).bind(kind="telemetry").warning(
+                    "audit {} failed", "record_model_call"
+                )
         return result
 
     def round_failed(self, request: RoundRequest, exc: BaseException, seconds: float) -> None:

@@ -278,3 +278,29 @@ async def test_recorder_events_feed_the_audit_and_a_failing_audit_never_raises()
         assert [e["kind"] for e in context.events] == ["denial"]
     finally:
         await telemetry.close()
+
+
+async def test_round_ok_feeds_the_audit_and_a_failing_audit_never_raises() -> None:
+    from elaria.agent.recorder import Telemetry
+    from elaria.lmstudio.rounds import RoundRequest
+
+    telemetry = Telemetry(Settings(), configure_logging=False)
+    await telemetry.start()
+    try:
+        recorder = telemetry.recorder("run-2", "task", provider="embedded")
+        context = recorder.context
+        assert context is not None
+        request = RoundRequest(messages=[], request_id="req-9")
+        result = RoundResult(text="ok", host="h", model="m", prompt_tokens=3)
+        recorded = recorder.round_ok(request, result, 0.25)
+        assert recorded.provider == "embedded"  # the runtime's provider, not the round's
+        assert [(c["request_id"], c["provider"]) for c in context.calls] == [("req-9", "embedded")]
+
+        def broken(**_: Any) -> None:
+            raise RuntimeError("audit down")
+
+        context.record_model_call = broken  # type: ignore[method-assign]
+        assert recorder.round_ok(request, result, 0.25).text == "ok"  # logged, not raised
+        assert recorder.rounds == 2
+    finally:
+        await telemetry.close()
