@@ -41,13 +41,13 @@ def result(call_id: str, body: str) -> dict[str, Any]:
 
 
 def test_soak_a_history_stays_within_bounds() -> None:
-    """The whole ConversationHistory path; the million-message soak of the trimming rules
-    themselves is in test_memory_trim.py (fast enough to run under coverage)."""
+    """A million messages through the whole ConversationHistory path (the trimming rules alone
+    are soaked the same way in test_memory_trim.py)."""
     settings = HistorySettings(max_messages=50, max_tokens=2_000)
     history = ConversationHistory(settings, system_prompt="you are terse")
     turn = [text("user", "q"), call("c"), result("c", "r"), text("assistant", "a")]
     peak_messages = peak_tokens = 0
-    total = 50_000
+    total = 1_000_000
     for i in range(total):
         history.add(turn[i % 4], tokens=37)  # counts precomputed: this soaks the trimming path
         peak_messages = max(peak_messages, len(history))
