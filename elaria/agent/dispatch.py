@@ -110,18 +110,21 @@ class CallDispatcher:
         call_id = req.id or self._new_id()
         args: Any = req.arguments
         record = CallRecord(call_id, req.name, dict(args) if isinstance(args, Mapping) else None)
+        self._announce(record)
+        if args is not None and not isinstance(args, Mapping):
+            record.raw_arguments = args
+        return record
+
+    def _announce(self, record: CallRecord) -> None:
         self.emit(
             ev.ToolCallRequested(
                 run_id=self.run_id,
                 round=self.round,
-                call_id=call_id,
-                tool=req.name,
+                call_id=record.call_id,
+                tool=record.name,
                 arguments=record.arguments,
             )
         )
-        if args is not None and not isinstance(args, Mapping):
-            record.raw_arguments = args
-        return record
 
     def _from_text(self, raw: str | None, *, error: str | None) -> CallRecord:
         call_id = self._new_id()
@@ -130,24 +133,12 @@ class CallDispatcher:
         except ToolError as exc:
             name = exc.tool or "unparsed_tool_call"
             record = CallRecord(call_id, name, {}, raw=raw)
-            self.emit(
-                ev.ToolCallRequested(
-                    run_id=self.run_id, round=self.round, call_id=call_id, tool=name, arguments={}
-                )
-            )
+            self._announce(record)
             record.record("error", exc.to_model_text(), error_class=type(exc).__name__)
             return record
         record = CallRecord(call_id, fixed.name, fixed.arguments, raw=raw)
         record.repaired_by = fixed.method
-        self.emit(
-            ev.ToolCallRequested(
-                run_id=self.run_id,
-                round=self.round,
-                call_id=call_id,
-                tool=fixed.name,
-                arguments=fixed.arguments,
-            )
-        )
+        self._announce(record)
         self.emit(
             ev.ToolCallRepaired(
                 run_id=self.run_id,
