@@ -10,25 +10,10 @@ import pytest
 from elaria.config import Settings
 from elaria.embedded import ScriptedEngine, ToolCall, reply, tool_call, tool_calls
 from elaria.embedded.engine import PredictRequest
-from elaria.mcp.testing import group_members, node_packages_problem, npx_server, wait_until
+from elaria.mcp.testing import group_members, npx_server, wait_until
 from elaria.runtime import Runtime
 
 pytestmark = pytest.mark.interop
-
-INTEROP_DIR = Path(__file__).resolve().parent
-NODE_PACKAGES = (
-    "@modelcontextprotocol/server-filesystem",
-    "@modelcontextprotocol/server-everything",
-)
-
-
-@pytest.fixture(scope="module")
-def interop_dir() -> Path:
-    """The Node packages' folder; the test fails (never skips) when they are not installed."""
-    problem = node_packages_problem(INTEROP_DIR, NODE_PACKAGES)
-    if problem is not None:
-        pytest.fail(problem, pytrace=False)
-    return INTEROP_DIR
 
 
 def tool_results(request: PredictRequest) -> list[str]:

@@ -12,23 +12,12 @@ from typing import Any
 
 import pytest
 
-from elaria.mcp.testing import elaria_command, node_packages_problem, run_node_json
+from elaria.mcp.testing import elaria_command, run_node_json
 
 pytestmark = pytest.mark.interop
 
-INTEROP_DIR = Path(__file__).resolve().parent
-NODE_PACKAGES = ("@modelcontextprotocol/sdk",)
 #: Bound on the HTTP server announcing its URL (it imports the SDK, uvicorn, starlette).
 SERVER_START_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def interop_dir() -> Path:
-    """The Node packages' folder; the test fails (never skips) when they are not installed."""
-    problem = node_packages_problem(INTEROP_DIR, NODE_PACKAGES)
-    if problem is not None:
-        pytest.fail(problem, pytrace=False)
-    return INTEROP_DIR
 
 
 def _calls() -> list[dict[str, Any]]:

@@ -16,29 +16,12 @@ from elaria.mcp.client import McpBridge
 from elaria.mcp.config import parse_mcp_config
 from elaria.mcp.testing import (
     group_members,
-    node_packages_problem,
     npx_server,
     process_running,
     wait_until,
 )
 
 pytestmark = pytest.mark.interop
-
-INTEROP_DIR = Path(__file__).resolve().parent
-NODE_PACKAGES = (
-    "@modelcontextprotocol/sdk",
-    "@modelcontextprotocol/server-filesystem",
-    "@modelcontextprotocol/server-everything",
-)
-
-
-@pytest.fixture(scope="module")
-def interop_dir() -> Path:
-    """The Node packages' folder; the test fails (never skips) when they are not installed."""
-    problem = node_packages_problem(INTEROP_DIR, NODE_PACKAGES)
-    if problem is not None:
-        pytest.fail(problem, pytrace=False)
-    return INTEROP_DIR
 
 
 def _config(interop_dir: Path, files_root: Path) -> dict[str, object]:

@@ -17,25 +17,9 @@ from mcp import Client, StdioServerParameters
 from elaria.errors import ToolRefused
 from elaria.mcp.client import McpBridge
 from elaria.mcp.config import parse_mcp_config
-from elaria.mcp.testing import elaria_command, node_packages_problem, run_node_json
+from elaria.mcp.testing import elaria_command, run_node_json
 
 pytestmark = pytest.mark.interop
-
-INTEROP_DIR = Path(__file__).resolve().parent
-NODE_PACKAGES = (
-    "@modelcontextprotocol/sdk",
-    "@modelcontextprotocol/server-filesystem",
-    "@modelcontextprotocol/server-everything",
-)
-
-
-@pytest.fixture(scope="module")
-def interop_dir() -> Path:
-    """The Node packages' folder; the test fails (never skips) when they are not installed."""
-    problem = node_packages_problem(INTEROP_DIR, NODE_PACKAGES)
-    if problem is not None:
-        pytest.fail(problem, pytrace=False)
-    return INTEROP_DIR
 
 
 def _vulnerable(interop_dir: Path) -> dict[str, Any]:
