@@ -3,7 +3,9 @@
 What runs, in one process and one event loop: the embedded LM Studio-compatible server with the
 scripted engine, and the unmodified ``lmstudio`` SDK. Every run is the same conversation: the
 model calls a tool ``add`` in each of :data:`TOOL_ROUNDS` rounds, then answers — decided by the
-engine from the history it receives, so both sides make identical requests.
+engine from the history it receives. Both sides send the same conversation: the SDK side gets
+the runtime's system prompt, temperature and token limit, so the server does the same work for
+each and the ratio measures the client side only.
 
 * **sdk** — ``AsyncLLM.act(chat, [add])`` on one ``AsyncClient``: the floor (what the SDK alone
   costs, with no guard, no history bounds, no reconnects, no logs).
@@ -63,6 +65,7 @@ def _scenario(request: Any) -> Any:
 async def run(quick: bool = False) -> dict[str, Any]:
     import lmstudio
 
+    from elaria.agent.loop import DEFAULT_SYSTEM_PROMPT
     from elaria.config import Settings
     from elaria.embedded.scripted import DEFAULT_LLM_KEY, ScriptedEngine
     from elaria.runtime import Runtime
@@ -81,11 +84,18 @@ async def run(quick: bool = False) -> dict[str, Any]:
                 bench_settings = Settings.model_validate(
                     {"lmstudio": {"hosts": [server.ws_url], "model": DEFAULT_LLM_KEY}}
                 )
+                system_prompt = bench_settings.agent.system_prompt or DEFAULT_SYSTEM_PROMPT
+                config = lmstudio.LlmPredictionConfig(
+                    temperature=bench_settings.lmstudio.temperature,
+                    max_tokens=bench_settings.lmstudio.max_tokens,
+                )
                 async with lmstudio.AsyncClient(server.api_host) as client:
                     llm = await client.llm.model(DEFAULT_LLM_KEY)
 
                     async def sdk_run() -> None:
-                        result = await llm.act(TASK, [add], max_prediction_rounds=10)
+                        chat = lmstudio.Chat(system_prompt)
+                        chat.add_user_message(TASK)
+                        result = await llm.act(chat, [add], max_prediction_rounds=10, config=config)
                         if result.rounds != ROUNDS_PER_RUN:
                             raise RuntimeError(f"sdk run took {result.rounds} rounds")
 
