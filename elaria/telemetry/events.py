@@ -14,7 +14,10 @@ Contract:
 * :class:`InferenceEvent` is the schema (``SCHEMA_VERSION``); invalid values raise pydantic's
   ``ValidationError`` when the event is built, never when it is written.
 * ``emit`` never blocks and never raises: it redacts and serialises the event and hands one line
-  to a single writer task through a bounded queue (``telemetry.queue_size``). A full queue drops
+  to a single writer task through a bounded queue (``telemetry.queue_size``). ``round`` checks and
+  captures the round's values and leaves redaction and encoding to the writer's batch (a line
+  per agent round, built between the SDK's and the tools' work, is several times dearer than
+  the same line built in a batch). A full queue drops
   the event and counts it. A failing disk is reported once in the log and counted; inference
   goes on. ``stats()`` shows every counter (the health snapshot reads it).
 * The file rotates at ``logging.rotation_mb`` (``from_settings``), keeping
@@ -30,9 +33,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
@@ -220,12 +224,16 @@ class EventLog:
 
     def _submit(self, line: bytes) -> bool:
         accepted = self._writer.submit(line)
-        if not accepted and not self._writer.running and not self._not_running_reported:
+        if not accepted:
+            self._report_not_running()
+        return accepted
+
+    def _report_not_running(self) -> None:
+        if not self._writer.running and not self._not_running_reported:
             self._not_running_reported = True
             logger.bind(kind="telemetry", path=str(self.path)).warning(
                 "inference event emitted while the event log is not running; dropped and counted"
             )
-        return accepted
 
     def round(
         self,
@@ -236,11 +244,17 @@ class EventLog:
         latency_s: float | None = None,
         **meta: Any,
     ) -> bool:
-        """Record a successful round from its :class:`~elaria.lmstudio.rounds.RoundResult`."""
+        """Record a successful round from its :class:`~elaria.lmstudio.rounds.RoundResult`.
+
+        The values are checked and captured now; the line is built (redacted, encoded) by the
+        writer with its batch, within ``LINGER_S``."""
         if not meta:
-            line = self._round_line(result, request_id, run_id, latency_s)
-            if line is not None:
-                return self._submit(line)
+            fields = self._round_fields(result, request_id, run_id, latency_s)
+            if fields is not None:
+                accepted = self._writer.submit_deferred(functools.partial(self._deferred, fields))
+                if not accepted:
+                    self._report_not_running()
+                return accepted
         return self.emit(self._round_event(result, request_id, run_id, latency_s, meta))
 
     def failed_round(
@@ -310,27 +324,37 @@ class EventLog:
         run_id: str | None,
         latency_s: float | None,
     ) -> bytes | None:
-        """The line :meth:`round` would write, built without a pydantic model (once per round).
+        """The line :meth:`round` writes for ``result``, built at once (the writer builds it
+        from :meth:`_round_fields` later). None when the validated path must take over."""
+        fields = self._round_fields(result, request_id, run_id, latency_s)
+        return None if fields is None else self._build_round_line(fields)
 
-        The same fields, order, redaction and values as ``InferenceEvent(...).to_line()``; None
-        when any value is one the schema would reject or needs anything but plain JSON (the
-        caller then takes the validated path, which raises or writes as before). The tests check
-        that every line from here parses as an :class:`InferenceEvent` equal to the slow path's.
+    def _round_fields(
+        self,
+        result: RoundResult,
+        request_id: str | None,
+        run_id: str | None,
+        latency_s: float | None,
+    ) -> _RoundFields | None:
+        """The round's values, checked as the schema would; None when any is one the schema
+        would reject (the caller then takes the validated path, which raises or writes).
+
+        The line built from them has the same fields, order, redaction and values as
+        ``InferenceEvent(...).to_line()``; the tests check that every such line parses as an
+        :class:`InferenceEvent` equal to the slow path's.
         """
         request_id = request_id or current_request_id() or new_id()
         run_id = run_id or current_run_id()
-        host, model, provider = result.host, result.model, result.provider
-        tokens_in, tokens_out = result.prompt_tokens, result.predicted_tokens
-        stop_reason = result.stop_reason
         latency = latency_s if latency_s is not None else result.total_time_s
         ttft = result.time_to_first_token_s
+        tokens_in, tokens_out = result.prompt_tokens, result.predicted_tokens
         if not (
             type(request_id) is str
             and 0 < len(request_id) <= _ID_MAX_LEN
             and (run_id is None or (type(run_id) is str and len(run_id) <= _ID_MAX_LEN))
-            and type(host) is str
-            and type(model) is str
-            and type(stop_reason) is str
+            and type(result.host) is str
+            and type(result.model) is str
+            and type(result.stop_reason) is str
             and type(tokens_in) is int
             and type(tokens_out) is int
             and type(latency) in _PLAIN_NUMBERS
@@ -340,32 +364,81 @@ class EventLog:
             return None
         tokens_in, tokens_out = max(0, tokens_in), max(0, tokens_out)
         cost = cost_usd(tokens_in + tokens_out, 0, self.cost_per_1k_tokens)
-        if not math.isfinite(cost):
+        latency_ms = float(max(0.0, latency) * 1000)
+        ttft_ms = None if ttft is None else float(max(0.0, ttft) * 1000)
+        # Finite seconds can still overflow as milliseconds; the schema refuses infinity.
+        if not (
+            math.isfinite(cost)
+            and math.isfinite(latency_ms)
+            and (ttft_ms is None or math.isfinite(ttft_ms))
+        ):
             return None
+        return _RoundFields(
+            time.time(),
+            request_id,
+            run_id,
+            _provider(result.provider),
+            result.host,
+            result.model,
+            latency_ms,
+            ttft_ms,
+            tokens_in,
+            tokens_out,
+            float(cost),
+            result.stop_reason,
+        )
+
+    def _build_round_line(self, f: _RoundFields) -> bytes | None:
+        """The redacted JSON line of ``f``; None for text UTF-8 cannot hold (a lone surrogate),
+        which only the validated event's own escaping writes."""
         data = {
             "schema_version": SCHEMA_VERSION,
-            "created": datetime.now(UTC).isoformat()[:-6] + "Z",
-            "request_id": _redacted(request_id),
-            "run_id": None if run_id is None else _redacted(run_id),
+            "created": datetime.fromtimestamp(f.created, UTC).isoformat()[:-6] + "Z",
+            "request_id": _redacted(f.request_id),
+            "run_id": None if f.run_id is None else _redacted(f.run_id),
             "tenant": None if self.tenant is None else _redacted(self.tenant),
             "project": None if self.project is None else _redacted(self.project),
             "tier": None if self.tier is None else _redacted(self.tier),
-            "provider": _provider(provider),
-            "host": _redacted(host),
-            "model": _redacted(model),
-            "latency_ms": float(max(0.0, latency) * 1000),
-            "time_to_first_token_ms": None if ttft is None else float(max(0.0, ttft) * 1000),
-            "tokens_in": tokens_in,
-            "tokens_out": tokens_out,
-            "cost_usd": float(cost),
+            "provider": f.provider,
+            "host": _redacted(f.host),
+            "model": _redacted(f.model),
+            "latency_ms": f.latency_ms,
+            "time_to_first_token_ms": f.ttft_ms,
+            "tokens_in": f.tokens_in,
+            "tokens_out": f.tokens_out,
+            "cost_usd": f.cost_usd,
             "success": True,
             "error_class": None,
-            "meta": redact({"stop_reason": stop_reason}),
+            "meta": redact({"stop_reason": f.stop_reason}),
         }
         try:
             return (_LINE_ENCODER.encode(data) + "\n").encode()
-        except UnicodeEncodeError:  # a lone surrogate: to_line's own escaping handles it
+        except UnicodeEncodeError:
             return None
+
+    def _deferred(self, f: _RoundFields) -> bytes | None:
+        """The writer's builder for a captured round: the fast line, else the validated one."""
+        line = self._build_round_line(f)
+        if line is not None:
+            return line
+        return InferenceEvent(
+            created=datetime.fromtimestamp(f.created, UTC),
+            request_id=f.request_id,
+            run_id=f.run_id,
+            tenant=self.tenant,
+            project=self.project,
+            tier=self.tier,
+            provider=f.provider,
+            host=f.host,
+            model=f.model,
+            latency_ms=f.latency_ms,
+            time_to_first_token_ms=f.ttft_ms,
+            tokens_in=f.tokens_in,
+            tokens_out=f.tokens_out,
+            cost_usd=f.cost_usd,
+            success=True,
+            meta={"stop_reason": f.stop_reason},
+        ).to_line()
 
     def _event(
         self, *, request_id: str | None, run_id: str | None, **fields: Any
@@ -380,6 +453,23 @@ class EventLog:
             cost_usd=cost_usd(tokens, 0, self.cost_per_1k_tokens),
             **fields,
         )
+
+
+class _RoundFields(NamedTuple):
+    """A successful round's values, checked and captured when it ends (see ``EventLog.round``)."""
+
+    created: float
+    request_id: str
+    run_id: str | None
+    provider: Provider
+    host: str
+    model: str
+    latency_ms: float
+    ttft_ms: float | None
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    stop_reason: str
 
 
 def _provider(value: str) -> Provider:

@@ -55,6 +55,7 @@ Threads: a RequestContext belongs to the task that runs the request (plain objec
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -64,7 +65,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from loguru import logger
 
@@ -130,26 +131,37 @@ def preview(value: Any, limit: int | None) -> str:
     return text
 
 
+@dataclass(frozen=True, slots=True)
+class _Arguments:
+    """A tool's arguments as given, until the record turns them into their preview."""
+
+    value: Any
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 @dataclass
 class RequestContext:
-    """What one request (an agent run of one task) did; see the module docstring."""
+    """What one request (an agent run of one task) did; see the module docstring.
+
+    Cheap to fill: the methods below capture plain values (and the caller's objects, such as a
+    tool's arguments: do not change them afterwards); the prompt and answer previews and the
+    lists' redaction are made when read — by :meth:`to_record`, which the ledger's writer calls
+    with its batch."""
 
     run_id: str | None
     request_id: str
-    prompt_sha256: str
-    prompt_preview: str
+    prompt: str = field(repr=False)
     started_wall: float
     started: float
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
+    prompt_preview_chars: int | None = 512
     answer_preview_chars: int | None = 1_024
     arguments_preview_chars: int | None = 512
     outcome: Outcome | None = None
-    answer_preview: str | None = None
     error_class: str | None = None
     error: str | None = None
     finished: float | None = None
@@ -166,6 +178,7 @@ class RequestContext:
     _seq: int = 0
     _pending_args: dict[str, Any] = field(default_factory=dict)
     _direct_calls: bool = False
+    _answer: str | None = field(default=None, repr=False)
 
     @classmethod
     def begin(
@@ -185,16 +198,30 @@ class RequestContext:
         return cls(
             run_id=run_id or current_run_id(),
             request_id=request_id or new_id(),
-            prompt_sha256=hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(),
-            prompt_preview=preview(prompt, prompt_preview_chars),
+            prompt=prompt,
             started_wall=wall_clock(),
             started=clock(),
             clock=clock,
             wall_clock=wall_clock,
+            prompt_preview_chars=prompt_preview_chars,
             answer_preview_chars=answer_preview_chars,
             arguments_preview_chars=arguments_preview_chars,
             meta=dict(meta),
         )
+
+    @property
+    def prompt_sha256(self) -> str:
+        return hashlib.sha256(self.prompt.encode("utf-8", "surrogatepass")).hexdigest()
+
+    @property
+    def prompt_preview(self) -> str:
+        """The prompt, redacted, then cut to ``prompt_preview_chars``."""
+        return preview(self.prompt, self.prompt_preview_chars)
+
+    @property
+    def answer_preview(self) -> str | None:
+        """The answer, redacted, then cut to ``answer_preview_chars`` (None before one)."""
+        return None if self._answer is None else preview(self._answer, self.answer_preview_chars)
 
     # ------------------------------------------------------------------ filling it in
 
@@ -247,13 +274,14 @@ class RequestContext:
         call_id: str | None = None,
     ) -> None:
         """A tool call: ``outcome`` is ``ok``, ``error``, ``refused``, ``denied``, ``timeout``,
-        ``cancelled`` …; ``arguments`` are redacted and truncated here."""
+        ``cancelled`` …; ``arguments`` are redacted and truncated into ``arguments_preview`` when
+        the record is built."""
         self._append(
             self.tool_calls,
             {
                 "name": name,
                 "call_id": call_id,
-                "arguments_preview": preview(arguments, self.arguments_preview_chars),
+                "arguments_preview": _Arguments(arguments),
                 "outcome": outcome,
                 "duration_ms": None if duration_s is None else round(duration_s * 1000, 3),
                 "error_class": error_class,
@@ -273,8 +301,8 @@ class RequestContext:
         if self.finished is None:
             self.finished = self.clock()
             self.finished_wall = self.wall_clock()
-        if answer is not None and self.answer_preview is None:
-            self.answer_preview = preview(answer, self.answer_preview_chars)
+        if answer is not None and self._answer is None:
+            self._answer = answer
         if error is not None and self.error_class is None:
             self.error_class = type(error).__name__
             self.error = preview(str(error), self.answer_preview_chars)
@@ -282,8 +310,8 @@ class RequestContext:
             self.outcome = outcome or self._infer_outcome(error)
 
     def set_answer(self, text: str) -> None:
-        """The answer as it is known (the final one wins); redacted and truncated here."""
-        self.answer_preview = preview(text, self.answer_preview_chars)
+        """The answer as it is known (the final one wins); previewed when read."""
+        self._answer = text
 
     def set_error(self, error_class: str, message: str) -> None:
         """The error that ended the run, by class name and message (redacted here)."""
@@ -395,14 +423,14 @@ class RequestContext:
             "final_model": self.final_model,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
-            "calls": self.calls,
-            "events": self.events,
-            "tool_calls": self.tool_calls,
+            "calls": redact(self.calls),
+            "events": redact(self.events),
+            "tool_calls": [self._tool_entry(entry) for entry in self.tool_calls],
             "dropped_entries": self.dropped_entries,
             "meta": redact(self.meta),
         }
-        # Previews, errors and every list entry were redacted when they were added; hosts and
-        # model names are the only other free text.
+        # Previews and errors are redacted text already; hosts and model names are the only
+        # other free text.
         for key in ("final_host", "final_model"):
             value = record[key]
             if isinstance(value, str):
@@ -410,14 +438,22 @@ class RequestContext:
         return record
 
     def _append(self, target: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+        """Keep ``entry`` as given (redacted by :meth:`to_record`), numbered and timed now."""
         self._seq += 1
         if len(self.calls) + len(self.events) + len(self.tool_calls) >= MAX_ENTRIES:
             self.dropped_entries += 1
             return
-        # seq and t_ms are numbers under names that are not secret: redaction leaves them as
-        # they are, so only the caller's part is walked.
         t_ms = round((self.clock() - self.started) * 1000, 3)
-        target.append({"seq": self._seq, "t_ms": t_ms, **redact(entry)})
+        target.append({"seq": self._seq, "t_ms": t_ms, **entry})
+
+    def _tool_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
+        arguments = entry.get("arguments_preview")
+        if isinstance(arguments, _Arguments):
+            entry = {**entry, "arguments_preview": None}
+            redacted: dict[str, Any] = redact(entry)
+            redacted["arguments_preview"] = preview(arguments.value, self.arguments_preview_chars)
+            return redacted
+        return cast(dict[str, Any], redact(entry))
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -513,12 +549,15 @@ class AuditLedger:
         await self.aclose()
 
     def record(self, ctx: RequestContext) -> bool:
-        """Queue the request record. Never blocks or raises; False when it was dropped."""
-        try:
-            return self._submit(ctx.to_record())
-        except Exception:
-            logger.opt(exception=True).bind(kind="telemetry").error("audit record failed; dropped")
-            return False
+        """Queue the request record. Never blocks or raises; False when it was dropped.
+
+        The record is built (:meth:`RequestContext.to_record`, redacted and encoded) by the
+        writer with its next batch, within ``LINGER_S``: leave ``ctx`` alone once recorded. A
+        record that cannot be built is dropped, counted, and the first such failure logged."""
+        accepted = self._writer.submit_deferred(functools.partial(_record_line, ctx))
+        if not accepted:
+            self._report_not_running()
+        return accepted
 
     write = record  # the run recorder's name for it
 
@@ -555,17 +594,28 @@ class AuditLedger:
         return stats
 
     def _submit(self, record: dict[str, Any]) -> bool:
-        line = (_RECORD_ENCODER.encode(record) + "\n").encode(
-            "utf-8",
-            "backslashreplace",  # a lone surrogate becomes a JSON escape, not an error
-        )
-        accepted = self._writer.submit(line)
-        if not accepted and not self._writer.running and not self._not_running_reported:
+        accepted = self._writer.submit(_encode(record))
+        if not accepted:
+            self._report_not_running()
+        return accepted
+
+    def _report_not_running(self) -> None:
+        if not self._writer.running and not self._not_running_reported:
             self._not_running_reported = True
             logger.bind(kind="telemetry", path=str(self.path)).warning(
                 "audit record written while the ledger is not running; dropped and counted"
             )
-        return accepted
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    return (_RECORD_ENCODER.encode(record) + "\n").encode(
+        "utf-8",
+        "backslashreplace",  # a lone surrogate becomes a JSON escape, not an error
+    )
+
+
+def _record_line(ctx: RequestContext) -> bytes:
+    return _encode(ctx.to_record())
 
 
 def _report_failure(text: str) -> None:

@@ -14,6 +14,12 @@ file (log sinks, the inference event log, the audit ledger).
   worker thread, gathered for up to :data:`LINGER_S` so a busy loop pays one thread hop per
   batch, not per line. ``start``/``submit``/``aclose`` must be called on the loop that started it.
   Cancelling ``aclose`` cancels the writer; lines still queued are counted as dropped.
+  ``submit_deferred(make_line)`` queues a line that is not built yet: the writer task calls
+  ``make_line()`` on the loop when it takes the batch (so within :data:`LINGER_S`). Callers
+  capture plain values when they submit and leave redaction and JSON encoding to the batch: a
+  record built per agent round, between the SDK's and the tools' work, runs with cold caches and
+  costs several times what the same code costs in a batch. A ``make_line`` that raises or
+  returns None drops its line (counted; the first failure is reported through ``on_failure``).
 
 A write that the disk accepts only in part (disk full mid-line) can leave one truncated line;
 readers of these files skip lines that are not valid JSON and count them.
@@ -28,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 __all__ = [
     "BATCH_MAX_LINES",
@@ -36,6 +42,7 @@ __all__ = [
     "LINGER_S",
     "REOPEN_CHECK_S",
     "RETRY_AFTER_S",
+    "DeferredLine",
     "JsonlFile",
     "LineWriter",
 ]
@@ -226,6 +233,8 @@ class JsonlFile:
 
 
 _STOP: Final = object()
+#: Builds one line (ending in ``\n``) when its batch is written; None drops it.
+DeferredLine = Callable[[], bytes | None]
 
 
 class LineWriter:
@@ -246,12 +255,16 @@ class LineWriter:
         self._on_failure = on_failure
         self._batch_failing = False
         self.batch_failures = 0
-        self._queue: asyncio.Queue[bytes | object] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[bytes | DeferredLine | object] = asyncio.Queue(
+            maxsize=queue_size
+        )
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.submitted = 0
         self.dropped_queue_full = 0
         self.dropped_not_running = 0
+        self.dropped_unbuilt = 0
+        self._unbuilt_reported = False
 
     @property
     def running(self) -> bool:
@@ -265,11 +278,19 @@ class LineWriter:
 
     def submit(self, line: bytes) -> bool:
         """Queue one line (ending in ``\\n``) without waiting. False when dropped."""
+        return self._put(line)
+
+    def submit_deferred(self, make_line: DeferredLine) -> bool:
+        """Queue a line that ``make_line()`` builds when its batch is written (see the module
+        docstring). False when dropped."""
+        return self._put(make_line)
+
+    def _put(self, item: bytes | DeferredLine) -> bool:
         if not self.running:
             self.dropped_not_running += 1
             return False
         try:
-            self._queue.put_nowait(line)
+            self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self.dropped_queue_full += 1
             return False
@@ -306,6 +327,8 @@ class LineWriter:
             reasons.append(f"secondary store for {self.file.path.name} failing")
         if self.dropped_queue_full:
             reasons.append(f"{self.dropped_queue_full} line(s) dropped: queue full")
+        if self.dropped_unbuilt:
+            reasons.append(f"{self.dropped_unbuilt} line(s) dropped: could not be built")
         return {
             "status": "degraded" if reasons else "ok",
             "reasons": reasons,
@@ -315,7 +338,11 @@ class LineWriter:
             "dropped_queue_full": self.dropped_queue_full,
             "dropped_not_running": self.dropped_not_running,
             "batch_failures": self.batch_failures,
-            "dropped": self.dropped_queue_full + self.dropped_not_running + self.file.lines_dropped,
+            "dropped_unbuilt": self.dropped_unbuilt,
+            "dropped": self.dropped_queue_full
+            + self.dropped_not_running
+            + self.dropped_unbuilt
+            + self.file.lines_dropped,
         }
 
     async def _run(self) -> None:
@@ -328,9 +355,35 @@ class LineWriter:
             while len(batch) < BATCH_MAX_LINES and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             stop = any(item is _STOP for item in batch)
-            lines = [item for item in batch if isinstance(item, bytes)]
+            lines = self._build(batch)
             if lines:
                 await asyncio.to_thread(self._write_batch, lines)
+
+    def _build(self, batch: list[bytes | DeferredLine | object]) -> list[bytes]:
+        lines: list[bytes] = []
+        for item in batch:
+            if isinstance(item, bytes):
+                lines.append(item)
+            elif item is not _STOP:
+                line = self._run_deferred(cast(DeferredLine, item))
+                if line is None:
+                    self.dropped_unbuilt += 1
+                else:
+                    lines.append(line)
+        return lines
+
+    def _run_deferred(self, make_line: DeferredLine) -> bytes | None:
+        try:
+            return make_line()
+        except Exception as exc:
+            if not self._unbuilt_reported and self._on_failure is not None:
+                self._unbuilt_reported = True
+                with contextlib.suppress(Exception):
+                    self._on_failure(
+                        f"a line for {self.file.path.name} could not be built ({exc!r}); "
+                        "it is dropped and counted"
+                    )
+            return None
 
     def _write_batch(self, lines: list[bytes]) -> None:
         """Worker thread: the file, then the optional second store (SQLite), never raising."""
@@ -351,6 +404,6 @@ class LineWriter:
     def _discard_queued(self) -> int:
         count = 0
         while not self._queue.empty():
-            if isinstance(self._queue.get_nowait(), bytes):
+            if self._queue.get_nowait() is not _STOP:
                 count += 1
         return count

@@ -1,0 +1,161 @@
+"""Lines built by the writer with its batch: what the caller captured is what gets written.
+
+``EventLog.round`` and ``AuditLedger.record`` check and capture values when called and leave
+redaction and encoding to the writer (``LineWriter.submit_deferred``). These tests hold the
+contract that makes that safe: order is kept, a line that cannot be built is dropped, counted
+and reported once without stopping the others, secrets never reach the file, and values that
+would overflow or cannot be encoded take the validated path instead of a broken line.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from elaria.lmstudio.rounds import RoundResult
+from elaria.telemetry.events import EventLog, InferenceEvent
+from elaria.telemetry.ledger import AuditLedger
+from elaria.telemetry.writer import JsonlFile, LineWriter
+
+OPENAI_KEY = "sk-proj-4fGh7JkL9mNpQrStUvWx0123"
+GITHUB_KEY = "ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_deferred_and_ready_lines_keep_their_order(tmp_path: Path) -> None:
+    writer = LineWriter(JsonlFile(tmp_path / "w.jsonl"), queue_size=100)
+    await writer.start()
+    for i in range(6):
+        line = f'{{"i": {i}}}\n'.encode()
+        if i % 2:
+            assert writer.submit_deferred(functools.partial(bytes, line))
+        else:
+            assert writer.submit(line)
+    await writer.aclose()
+    assert [row["i"] for row in _rows(tmp_path / "w.jsonl")] == list(range(6))
+    assert writer.stats()["dropped"] == 0
+
+
+async def test_a_line_that_cannot_be_built_is_dropped_counted_and_reported_once(
+    tmp_path: Path,
+) -> None:
+    reports: list[str] = []
+    writer = LineWriter(JsonlFile(tmp_path / "w.jsonl"), queue_size=100, on_failure=reports.append)
+
+    def broken() -> bytes:
+        raise ValueError("cannot encode this")
+
+    await writer.start()
+    writer.submit(b'{"i": 0}\n')
+    writer.submit_deferred(broken)
+    writer.submit_deferred(lambda: None)  # a builder may decline: dropped the same way
+    writer.submit_deferred(broken)
+    writer.submit(b'{"i": 1}\n')
+    await writer.aclose()
+    assert [row["i"] for row in _rows(tmp_path / "w.jsonl")] == [0, 1]
+    stats = writer.stats()
+    assert stats["dropped_unbuilt"] == 3
+    assert stats["dropped"] == 3
+    assert stats["status"] == "degraded"
+    assert "3 line(s) dropped: could not be built" in stats["reasons"]
+    assert len(reports) == 1
+    assert "cannot encode this" in reports[0]
+
+
+async def test_deferred_lines_are_dropped_when_the_writer_is_not_running(tmp_path: Path) -> None:
+    writer = LineWriter(JsonlFile(tmp_path / "w.jsonl"), queue_size=100)
+    assert not writer.submit_deferred(lambda: b"{}\n")
+    assert writer.stats()["dropped_not_running"] == 1
+
+
+async def test_round_lines_are_built_later_from_the_values_captured_now(tmp_path: Path) -> None:
+    log = EventLog(Path("logs") / "events.jsonl", tenant="acme")
+    result = RoundResult(
+        text="",
+        host=f"https://user:{OPENAI_KEY}@example.com",
+        model="scripted-llm",
+        prompt_tokens=12,
+        predicted_tokens=3,
+        total_time_s=0.25,
+    )
+    async with log:
+        assert log.round(result, request_id="r1", run_id="run-1")
+        assert log.round(result, request_id="r2", run_id="run-1", latency_s=0.5)
+    raw = log.path.read_bytes()
+    assert OPENAI_KEY.encode() not in raw
+    events = [InferenceEvent.model_validate_json(line) for line in raw.splitlines()]
+    assert [(e.request_id, e.latency_ms, e.tokens_in, e.tenant) for e in events] == [
+        ("r1", 250.0, 12, "acme"),
+        ("r2", 500.0, 12, "acme"),
+    ]
+
+
+async def test_text_utf8_cannot_hold_is_escaped_by_the_validated_path(tmp_path: Path) -> None:
+    log = EventLog(Path("logs") / "events.jsonl")
+    result = RoundResult(text="", host="h", model="lone \ud800 surrogate", total_time_s=0.1)
+    assert log._round_line(result, "r1", None, None) is None  # the fast builder declines
+    async with log:
+        assert log.round(result, request_id="r1")
+    (event,) = _rows(log.path)
+    assert event["request_id"] == "r1"
+    assert event["model"] == "lone \ud800 surrogate"
+    assert log.stats()["dropped"] == 0
+
+
+def test_seconds_that_overflow_as_milliseconds_take_the_validated_path() -> None:
+    log = EventLog(Path("logs") / "events.jsonl")
+    result = RoundResult(text="", host="h", model="m", total_time_s=1e306)
+    assert log._round_line(result, "r1", None, None) is None
+
+
+async def test_ledger_records_are_redacted_when_built_and_keep_what_the_run_did(
+    tmp_path: Path,
+) -> None:
+    ledger = AuditLedger(Path("logs") / "audit.jsonl")
+    async with ledger:
+        ctx = ledger.begin(f"use {OPENAI_KEY} to read notes", run_id="run-1")
+        ctx.model_call("ws://h", "m", latency_s=0.1, tokens_in=5, tokens_out=2)
+        ctx.event("retry", reason=f"Bearer {GITHUB_KEY}")
+        ctx.tool_call("read_file", {"path": "notes.md", "token": GITHUB_KEY}, "ok", 0.01)
+        ctx.finish(answer=f"done, key {OPENAI_KEY}")
+        assert ledger.record(ctx)
+    raw = ledger.path.read_text()
+    assert OPENAI_KEY not in raw
+    assert GITHUB_KEY not in raw
+    (record,) = _rows(ledger.path)
+    assert record["outcome"] == "mitigated_success"
+    assert [(c["host"], c["tokens_in"]) for c in record["calls"]] == [("ws://h", 5)]
+    assert [e["kind"] for e in record["events"]] == ["retry"]
+    (tool,) = record["tool_calls"]
+    assert tool["name"] == "read_file"
+    assert json.loads(tool["arguments_preview"]) == {"path": "notes.md", "token": "[REDACTED]"}
+    assert [tool["seq"], record["events"][0]["seq"], record["calls"][0]["seq"]] == [3, 2, 1]
+    assert record["prompt_preview"] == "use [REDACTED] to read notes"
+
+
+async def test_a_ledger_record_that_cannot_be_built_does_not_stop_the_next(
+    tmp_path: Path,
+) -> None:
+    ledger = AuditLedger(Path("logs") / "audit.jsonl")
+    async with ledger:
+        bad = ledger.begin("first", run_id="run-1")
+        bad.meta["broken"] = _Unprintable()
+        bad.finish(answer="x")
+        ledger.record(bad)
+        good = ledger.begin("second", run_id="run-2")
+        good.finish(answer="y")
+        ledger.record(good)
+    assert [r["run_id"] for r in _rows(ledger.path)] == ["run-2"]
+    stats = ledger.stats()
+    assert stats["dropped_unbuilt"] == 1
+    assert stats["status"] == "degraded"
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this object")
