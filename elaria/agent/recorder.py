@@ -100,7 +100,7 @@ class RunRecorder:
         self.context = _new_context(telemetry, run_id, task)
         self.rounds = 0
         # Bound once: several agent events per round reach it.
-        self._record_event = None if self.context is None else self.context.record_agent_event
+        self._record_event = None if self.context is None else self.context.observe
 
     @contextlib.contextmanager
     def log_context(self) -> Iterator[str]:
@@ -161,7 +161,7 @@ class RunRecorder:
         if self._record_event is None:
             return
         try:
-            self._record_event(event=event)
+            self._record_event(event)
         except Exception:
             logger.opt(exception=True).bind(kind="telemetry").warning(
                 "audit {} failed", "record_agent_event"

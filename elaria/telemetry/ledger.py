@@ -335,9 +335,10 @@ class RequestContext:
         :meth:`event`, :meth:`tool_call` and :meth:`finish`. Unknown kinds are ignored.
         ``round_finished`` is ignored once :meth:`record_model_call` has fed the context, so a
         round is never counted twice."""
-        if isinstance(event, Mapping):
-            event = SimpleNamespace(**event)
         kind = getattr(event, "kind", None)
+        if kind is None and isinstance(event, Mapping):
+            event = SimpleNamespace(**event)
+            kind = getattr(event, "kind", None)
         if kind == "round_finished" and self._direct_calls:
             return
         handler = OBSERVERS.get(kind) if isinstance(kind, str) else None
