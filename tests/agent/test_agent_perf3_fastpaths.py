@@ -273,7 +273,7 @@ async def test_recorder_events_feed_the_audit_and_a_failing_audit_never_raises()
         def broken(event: Any) -> None:
             raise RuntimeError("audit down")
 
-        context.observe = broken  # type: ignore[method-assign]
+        recorder._record_event = broken  # the audit context's sink, bound when the run began
         recorder.on_event(denied)  # logged, never raised into the run
         assert [e["kind"] for e in context.events] == ["denial"]
     finally:
