@@ -159,12 +159,14 @@ async def _runtime_rounds(bench_dir: Path, runs: int) -> dict[str, Any]:
             backend="embedded",
             engine=ScriptedEngine(),
             builtin_tools=False,
+            configure_logging=False,  # the logging part above measured that; leave loguru be
         ) as on,
         Runtime(
             _settings(False, bench_dir),
             backend="embedded",
             engine=ScriptedEngine(),
             builtin_tools=False,
+            configure_logging=False,
         ) as off,
     ):
         assert on.telemetry is not None
