@@ -86,6 +86,8 @@ class Failover:
             clock=clock,
             counts=_counts_against_host,
         )
+        self._chain_key: tuple[tuple[str, ...], str | None, tuple[str, ...]] | None = None
+        self._chain_pairs: tuple[tuple[str, str | None], ...] = ()
 
     def stats(self) -> dict[str, Any]:
         """Breaker states per host and per (host, model), for the health snapshot."""
@@ -102,6 +104,19 @@ class Failover:
             )
         return targets
 
+    def _chain(self) -> tuple[tuple[str, str | None], ...]:
+        """``targets()`` as plain (host, model) pairs, rebuilt only when the settings change.
+
+        Every round walks the chain; building pydantic targets for it each time cost more than
+        the walk. The key is read from the settings on each call, so a changed host or model
+        list (settings are mutable) is seen at once."""
+        lm = self._settings.lmstudio
+        key = (tuple(lm.hosts), lm.model, tuple(lm.models))
+        if key != self._chain_key:
+            self._chain_pairs = tuple((t.host, t.model) for t in self.targets())
+            self._chain_key = key
+        return self._chain_pairs
+
     # ------------------------------------------------------------------ rounds
 
     async def predict(
@@ -109,21 +124,21 @@ class Failover:
     ) -> RoundResult:
         events: list[dict[str, Any]] = []
         chain: list[FailedAttempt] = []
-        for target in self.targets():
-            result = await self._try_target(target, request, on_fragment, events, chain)
+        for host, model in self._chain():
+            result = await self._try_target(host, model, request, on_fragment, events, chain)
             if result is not None:
                 return _with_events(result, events)
         raise AllTargetsFailed(chain)
 
     async def _try_target(
         self,
-        target: FailoverTarget,
+        host: str,
+        model: str | None,
         request: RoundRequest,
         on_fragment: FragmentCallback | None,
         events: list[dict[str, Any]],
         chain: list[FailedAttempt],
     ) -> RoundResult | None:
-        host, model = target.host, target.model
         host_breaker = self.breakers.for_host(host)
         model_breaker = self.breakers.for_model(host, model or "*")
         if self._pool.state(host) is HostState.CONNECTED:

@@ -28,7 +28,8 @@ plain ``rawTools`` dict would turn ``file_path`` into ``filePath`` in ``properti
 so the field's value is then replaced by the schemas exactly as given. ``request.tools=None``
 sends none (the last round). Uses SDK internals pinned to lmstudio 1.5
 (``_create_channel``, ``_iter_events``, ``_channel``, the endpoint's ``_creation_params``,
-``_from_api_dict``); ``tests/lmstudio`` guards them.
+``_from_api_dict``, and the one method the endpoint calls on its chat,
+``_get_history_for_prediction``); ``tests/lmstudio`` guards them.
 Errors are the SDK's (or ours for deadlines); :mod:`elaria.lmstudio.failover` classifies them.
 """
 
@@ -72,11 +73,11 @@ class _RoundEndpoint(ChatResponseEndpoint):
     def __init__(
         self,
         identifier: str,
-        chat: Chat,
+        chat: Chat | _WireHistory,
         config: LlmPredictionConfig,
         tools: list[dict[str, Any]] | None,
     ) -> None:
-        super().__init__(identifier, chat, None, config)
+        super().__init__(identifier, cast(Chat, chat), None, config)
         if tools is not None:
             _send_tools_verbatim(self._creation_params, tools)
         self.malformed: list[MalformedCall] = []
@@ -101,16 +102,24 @@ def _malformed(message: Mapping[str, Any]) -> MalformedCall:
     return MalformedCall(error=text, raw=raw if isinstance(raw, str) else None)
 
 
+#: The type the SDK's tool array holds, built once for ``msgspec.convert``.
+_TOOL_LIST = list[LlmTool]
+
+
 def prediction_config(request: RoundRequest, settings: LMStudioSettings) -> LlmPredictionConfig:
-    """The SDK's ``LlmPredictionConfig`` for ``request`` (settings fill the gaps)."""
+    """The SDK's ``LlmPredictionConfig`` for ``request`` (settings fill the gaps).
+
+    With tools, the config holds an *empty* tool array: it only makes the SDK reserve the tools
+    field, whose value :func:`_send_tools_verbatim` replaces by the schemas as given. The schemas
+    are still checked against the SDK's ``LlmTool`` struct (one ``msgspec.convert`` for all),
+    so a schema the SDK would refuse fails here, before anything is sent."""
     config = LlmPredictionConfig(
         temperature=settings.temperature if request.temperature is None else request.temperature,
         max_tokens=settings.max_tokens if request.max_tokens is None else request.max_tokens,
     )
     if request.tools is not None:
-        config.raw_tools = LlmToolUseSettingToolArray(
-            tools=[LlmTool._from_api_dict(cast(Any, t)) for t in request.tools]
-        )
+        msgspec.convert(request.tools, _TOOL_LIST)
+        config.raw_tools = LlmToolUseSettingToolArray(tools=[])
     return config
 
 
@@ -134,9 +143,8 @@ async def predict_round(
     on_fragment: FragmentCallback | None = None,
 ) -> RoundResult:
     """Run one round for the loaded model ``identifier`` on ``lease``'s client."""
-    chat = _chat(request.messages)
     tools = None if request.tools is None else [dict(t) for t in request.tools]
-    endpoint = _RoundEndpoint(identifier, chat, prediction_config(request, settings), tools)
+    endpoint = _endpoint(identifier, request, prediction_config(request, settings), tools)
     session = lease.client.llm
     # Imported here: AsyncPredictionStream lives with the async API, which this module wraps.
     from lmstudio.async_api import AsyncPredictionStream
@@ -204,6 +212,36 @@ async def predict_round(
         host=lease.host,
         model=identifier,
     )
+
+
+class _WireHistory:
+    """What the SDK's prediction endpoint reads of a ``Chat``: the history as wire dicts.
+
+    The endpoint only calls ``_get_history_for_prediction()`` and converts the result into its
+    request struct (a ``msgspec.convert``, which validates it). A ``Chat`` would first convert the
+    same dicts into its own structs and back (:func:`_chat`), only to be converted once more."""
+
+    __slots__ = ("_wire",)
+
+    def __init__(self, messages: Iterable[Mapping[str, Any]]) -> None:
+        self._wire = {"messages": list(messages)}
+
+    def _get_history_for_prediction(self) -> dict[str, Any]:
+        return self._wire
+
+
+def _endpoint(
+    identifier: str,
+    request: RoundRequest,
+    config: LlmPredictionConfig,
+    tools: list[dict[str, Any]] | None,
+) -> _RoundEndpoint:
+    """The round's endpoint, the history handed to the SDK as it is (see :func:`_chat`);
+    a shape the SDK's request struct refuses takes the lenient path through a ``Chat``."""
+    try:
+        return _RoundEndpoint(identifier, _WireHistory(request.messages), config, tools)
+    except msgspec.ValidationError:
+        return _RoundEndpoint(identifier, _chat(request.messages), config, tools)
 
 
 def _chat(messages: Iterable[Mapping[str, Any]]) -> Chat:

@@ -143,10 +143,9 @@ class ConversationHistory:
         self._spilled = 0
         self._counter_errors = 0
         self._memo: LRUCache[str, int] = LRUCache(maxsize=COUNT_MEMO_SIZE)
-        defaults = CacheSettings()
-        self._spill = spill_cache or Cache(
-            max_entries=defaults.max_entries, ttl=defaults.ttl_s, name="tool-spill"
-        )
+        # ``is None``, not ``or``: a shared cache that is empty (as it is at first) is falsy, and
+        # the history would spill into a private cache the runtime never sees.
+        self._spill = spill_cache if spill_cache is not None else _private_spill_cache()
         self._spill_ids = itertools.count(1)
         if system_prompt is not None:
             self.add({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
@@ -439,6 +438,11 @@ def spill_reader_tool(history: ConversationHistory) -> Tool:
         handler=handler,
         _model=base._model,
     )
+
+
+def _private_spill_cache() -> Cache[str, str]:
+    defaults = CacheSettings()
+    return Cache(max_entries=defaults.max_entries, ttl=defaults.ttl_s, name="tool-spill")
 
 
 _ROLES = ("system", "user", "assistant", "tool")

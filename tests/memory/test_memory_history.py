@@ -12,6 +12,7 @@ from lmstudio.history import ToolCallResultData
 
 from elaria.config import HistorySettings
 from elaria.errors import ConfigError, ToolArgumentsError
+from elaria.memory.cache import Cache
 from elaria.memory.history import ConversationHistory, spill_reader_tool
 from elaria.memory.trim import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, message_text
 
@@ -185,6 +186,17 @@ async def test_long_tool_result_is_spilled_and_readable_by_handle() -> None:
     assert shown[:8_000] + "".join(pages) == full
     with pytest.raises(ToolArgumentsError, match="no spilled tool result"):
         history.read_spilled("spill-0-000000")
+
+
+def test_long_tool_result_spills_into_a_shared_cache_even_when_it_is_empty() -> None:
+    shared: Cache[str, str] = Cache(10, 60.0, name="shared")
+    assert len(shared) == 0  # empty, hence falsy: the history must still use it
+    history = ConversationHistory(HistorySettings(max_tokens=8_000), spill_cache=shared)
+    history.add(text("user", "read it"))
+    history.add(call("c1"))
+    history.add(result("c1", "x" * 20_000))
+    assert len(shared) == 1
+    assert history.stats()["spilled_results"] == 1
 
 
 def test_round_trip_through_the_sdk_chat() -> None:
