@@ -96,6 +96,16 @@ class Decision:
         return describe_rule(self.rule)
 
 
+#: The decision each mode gives when no rule matches; decisions are frozen, so one of each
+#: serves every call (most calls of a run end here).
+_ASK = Decision("ask", "policy")
+_POLICY_DECISIONS: dict[str, Decision] = {
+    "auto": Decision("allow", "policy"),
+    "ask": _ASK,
+    "deny": Decision("deny", "policy"),
+}
+
+
 def describe_rule(rule: ApprovalRule) -> str:
     scope = f" with {rule.argument} matching {rule.pattern!r}" if rule.argument else ""
     return f"rule {rule.decision} {rule.tool}{scope}"
@@ -125,14 +135,16 @@ class ApprovalPolicy:
     def decide(self, tool: str, arguments: Mapping[str, Any]) -> Decision:
         mode = self.mode(tool)
         if mode == "deny":
-            return Decision("deny", "policy")
+            return _POLICY_DECISIONS["deny"]
+        if not self._rules:
+            return _POLICY_DECISIONS.get(mode, _ASK)
         matching = [r for r in self._rules if _matches(r, tool, arguments)]
         for rule in matching:
             if rule.decision == "deny":
                 return Decision("deny", "rule", rule)
         if matching:
             return Decision("allow", "rule", matching[0])
-        return Decision("allow" if mode == "auto" else "ask", "policy")
+        return _POLICY_DECISIONS.get(mode, _ASK)
 
     def remember(
         self,

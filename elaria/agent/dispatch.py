@@ -76,10 +76,8 @@ class CallDispatcher:
 
     def _add_history(self, message: dict[str, Any]) -> None:
         history = self.loop.history
-        expected = len(history) + (0 if message.get("role") == "system" else 1)
-        history.add(message)
-        # Fewer messages than expected means the history trimmed old ones to stay in bounds.
-        dropped = expected - len(history)
+        # The history trimmed old messages to stay in bounds: say how many.
+        dropped = history.add(message)
         if dropped > 0:
             stats = history.stats()
             self.emit(

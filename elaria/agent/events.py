@@ -4,6 +4,9 @@ Every event is a frozen dataclass with a ``kind`` (stable, snake_case: it is wha
 prints and what the audit ledger records), the ``run_id`` and the ``round`` it belongs to, and a
 monotonic timestamp ``at``. ``to_dict()`` gives the plain JSON-ready form.
 
+Events are built with :func:`~elaria.lmstudio.rounds.quick_init` (same fields, defaults and
+frozenness, cheaper to build: a run builds several per round, whoever listens).
+
 Events are produced on the event loop that runs the agent and handed to ``on_event`` callbacks
 synchronously, in order; a callback must not block (queue the event if it has slow work to do).
 A callback that raises is logged and ignored: observing a run must never break it.
@@ -15,6 +18,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
+
+from elaria.lmstudio.rounds import quick_init
 
 __all__ = [
     "AgentEvent",
@@ -37,6 +42,7 @@ __all__ = [
 ]
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class AgentEvent:
     """Base of every event."""
@@ -52,6 +58,7 @@ class AgentEvent:
         return data
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class RunStarted(AgentEvent):
     kind: ClassVar[str] = "run_started"
@@ -59,6 +66,7 @@ class RunStarted(AgentEvent):
     tools: tuple[str, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class RoundStarted(AgentEvent):
     kind: ClassVar[str] = "round_started"
@@ -67,12 +75,14 @@ class RoundStarted(AgentEvent):
     attempt: int = 1
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class TextFragment(AgentEvent):
     kind: ClassVar[str] = "text_fragment"
     text: str
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class RoundFinished(AgentEvent):
     kind: ClassVar[str] = "round_finished"
@@ -86,6 +96,7 @@ class RoundFinished(AgentEvent):
     stop_reason: str = ""
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class ToolCallRequested(AgentEvent):
     kind: ClassVar[str] = "tool_call_requested"
@@ -94,6 +105,7 @@ class ToolCallRequested(AgentEvent):
     arguments: Mapping[str, Any] | None
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class ToolCallRepaired(AgentEvent):
     kind: ClassVar[str] = "tool_call_repaired"
@@ -105,6 +117,7 @@ class ToolCallRepaired(AgentEvent):
     raw: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class ApprovalRequested(AgentEvent):
     kind: ClassVar[str] = "approval_requested"
@@ -113,6 +126,7 @@ class ApprovalRequested(AgentEvent):
     arguments: Mapping[str, Any]
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class ToolCallApproved(AgentEvent):
     kind: ClassVar[str] = "tool_call_approved"
@@ -123,6 +137,7 @@ class ToolCallApproved(AgentEvent):
     rule: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class ToolCallDenied(AgentEvent):
     kind: ClassVar[str] = "tool_call_denied"
@@ -133,6 +148,7 @@ class ToolCallDenied(AgentEvent):
     reason: str
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class ToolCallStarted(AgentEvent):
     kind: ClassVar[str] = "tool_call_started"
@@ -141,6 +157,7 @@ class ToolCallStarted(AgentEvent):
     arguments: Mapping[str, Any]
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class ToolCallFinished(AgentEvent):
     kind: ClassVar[str] = "tool_call_finished"
@@ -151,6 +168,7 @@ class ToolCallFinished(AgentEvent):
     truncated: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class ToolCallFailed(AgentEvent):
     """The call went back to the model as an error result (it did not end the run)."""
@@ -164,6 +182,7 @@ class ToolCallFailed(AgentEvent):
     budget_left: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class ResilienceEvent(AgentEvent):
     """A retry, reconnect, failover or breaker change met while producing a round."""
@@ -174,6 +193,7 @@ class ResilienceEvent(AgentEvent):
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class HistoryTrimmed(AgentEvent):
     kind: ClassVar[str] = "history_trimmed"
@@ -181,12 +201,14 @@ class HistoryTrimmed(AgentEvent):
     tokens: int
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class FinalAnswer(AgentEvent):
     kind: ClassVar[str] = "final_answer"
     text: str
 
 
+@quick_init
 @dataclass(frozen=True, kw_only=True)
 class RunFailed(AgentEvent):
     kind: ClassVar[str] = "run_failed"

@@ -46,7 +46,7 @@ from elaria.memory.trim import (
     estimate_text_tokens,
     message_text,
     plan_trim,
-    tool_call_ids,
+    requests_tool_calls,
 )
 
 if TYPE_CHECKING:
@@ -81,23 +81,33 @@ class _Entry:
 
 
 class _Unit:
-    """Messages that stay or go together, with their cost kept current for the trimmer."""
+    """Messages that stay or go together, with their cost kept current for the trimmer.
 
-    __slots__ = ("awaits_results", "cost", "entries")
+    The cost is kept as plain counters; the trimmer's :class:`UnitCost` is built only when it
+    asks (it runs only when the history is over a bound), not on every add."""
 
-    def __init__(self, first: _Entry) -> None:
+    __slots__ = ("awaits_results", "entries", "is_user", "messages", "tokens")
+
+    def __init__(self, first: _Entry, role: str) -> None:
         self.entries = [first]
-        self.cost = UnitCost(1, first.tokens, first.message.get("role") == "user")
+        self.messages = 1
+        self.tokens = first.tokens
+        self.is_user = role == "user"
         #: An assistant message that requested tool calls: ``tool`` messages join this unit.
-        self.awaits_results = _requests_tools(first.message)
+        self.awaits_results = role == "assistant" and requests_tool_calls(first.message)
+
+    @property
+    def cost(self) -> UnitCost:
+        return UnitCost(self.messages, self.tokens, self.is_user)
 
     def append(self, entry: _Entry) -> None:
         self.entries.append(entry)
-        self._recost()
+        self.messages += 1
+        self.tokens += entry.tokens
 
     def _recost(self) -> None:
-        tokens = sum(e.tokens for e in self.entries)
-        self.cost = UnitCost(len(self.entries), tokens, self.cost.is_user)
+        self.messages = len(self.entries)
+        self.tokens = sum(e.tokens for e in self.entries)
 
 
 class _CostView(Sequence[UnitCost]):
@@ -142,7 +152,8 @@ class ConversationHistory:
         self._trimmed_units = 0
         self._spilled = 0
         self._counter_errors = 0
-        self._memo: LRUCache[str, int] = LRUCache(maxsize=COUNT_MEMO_SIZE)
+        #: Made by the first exact count (most histories never count exactly).
+        self._memo: LRUCache[str, int] | None = None
         # ``is None``, not ``or``: a shared cache that is empty (as it is at first) is falsy, and
         # the history would spill into a private cache the runtime never sees.
         self._spill = spill_cache if spill_cache is not None else _private_spill_cache()
@@ -172,8 +183,11 @@ class ConversationHistory:
 
     # ------------------------------------------------------------------ adding
 
-    def add(self, message: Message, *, tokens: int | None = None) -> None:
-        """Append one message (``tokens`` if the caller already knows its count) and trim."""
+    def add(self, message: Message, *, tokens: int | None = None) -> int:
+        """Append one message (``tokens`` if the caller already knows its count) and trim.
+
+        Returns how many messages the trim dropped to make room (0 almost always)."""
+        trimmed_before = self._trimmed_messages
         role = _check_message(message)
         if role == "tool":
             message = self._spill_long_results(message)
@@ -185,7 +199,7 @@ class ConversationHistory:
             self._system = entry
             self._tokens += entry.tokens
             self._trim()
-            return
+            return self._trimmed_messages - trimmed_before
         last = self._units[-1] if self._units else None
         if role == "tool":
             if last is None or not last.awaits_results:
@@ -195,10 +209,11 @@ class ConversationHistory:
                 )
             last.append(entry)
         else:
-            self._units.append(_Unit(entry))
+            self._units.append(_Unit(entry, role))
         self._messages += 1
         self._tokens += entry.tokens
         self._trim()
+        return self._trimmed_messages - trimmed_before
 
     def extend(self, messages: Iterable[Message]) -> None:
         for message in messages:
@@ -222,6 +237,8 @@ class ConversationHistory:
             except Exception:  # the estimate stays; a broken tokenizer must not break the agent
                 self._counter_errors += 1
                 continue
+            if self._memo is None:
+                self._memo = LRUCache(maxsize=COUNT_MEMO_SIZE)
             self._memo[text] = exact
             if entry.alive and not entry.exact:
                 self._tokens += exact - entry.tokens
@@ -335,14 +352,17 @@ class ConversationHistory:
 
     def _spill_long_results(self, message: Message) -> Message:
         limit = self._result_share_chars()
-        parts = list(message.get("content") or [])
-        changed = False
-        for i, part in enumerate(parts):
+        original = message.get("content") or []
+        # Copied only when something is cut: most results fit.
+        parts: list[Any] | None = None
+        for i, part in enumerate(original):
             content = part.get("content") if isinstance(part, Mapping) else None
             if part.get("type") != "toolCallResult" or not isinstance(content, str):
                 continue
             if len(content) <= limit:
                 continue
+            if parts is None:
+                parts = list(original)
             handle = f"spill-{next(self._spill_ids)}-{secrets.token_hex(3)}"
             self._spill.set(handle, content)
             self._spilled += 1
@@ -352,8 +372,7 @@ class ConversationHistory:
                 f'handle="{handle}" and offset={limit} to read on.]'
             )
             parts[i] = {**part, "content": content[:limit] + marker}
-            changed = True
-        return {**message, "content": parts} if changed else message
+        return message if parts is None else {**message, "content": parts}
 
     # ------------------------------------------------------------------ internals
 
@@ -361,7 +380,7 @@ class ConversationHistory:
         if tokens is not None:
             return _Entry(message, tokens, exact=True)
         text = message_text(message)
-        if self._counter is not None:
+        if self._counter is not None and self._memo is not None:
             known = self._memo.get(text)
             if known is not None:
                 return _Entry(message, known, exact=True)
@@ -407,9 +426,9 @@ class ConversationHistory:
     def _drop(self, unit: _Unit) -> None:
         for entry in unit.entries:
             entry.alive = False
-        self._messages -= unit.cost.messages
-        self._tokens -= unit.cost.tokens
-        self._trimmed_messages += unit.cost.messages
+        self._messages -= unit.messages
+        self._tokens -= unit.tokens
+        self._trimmed_messages += unit.messages
         self._trimmed_units += 1
 
 
@@ -460,7 +479,3 @@ def _check_message(message: Message) -> str:
             f"history message content must be a list of parts, got {type(content).__name__}"
         )
     return str(role)
-
-
-def _requests_tools(message: Message) -> bool:
-    return message.get("role") == "assistant" and bool(tool_call_ids(message))

@@ -34,6 +34,7 @@ __all__ = [
     "group_units",
     "message_text",
     "plan_trim",
+    "requests_tool_calls",
     "result_call_ids",
     "tool_call_ids",
 ]
@@ -63,6 +64,11 @@ def tool_call_ids(message: Message) -> list[str]:
             request = part.get("toolCallRequest") or {}
             ids.append(str(request.get("id") or f"#{i}"))
     return ids
+
+
+def requests_tool_calls(message: Message) -> bool:
+    """``bool(tool_call_ids(message))``, without collecting the ids."""
+    return any(part.get("type") == "toolCallRequest" for part in _parts(message))
 
 
 def result_call_ids(message: Message) -> list[str]:
