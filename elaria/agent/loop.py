@@ -31,7 +31,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -276,7 +276,7 @@ class _Run(CallDispatcher):
     async def _predict_round(self, final: bool) -> RoundResult:
         schemas = None if final else self.loop.registry.lmstudio_schemas()
         lm = self.loop.settings.lmstudio
-        pauses = delays(ROUND_RETRY_INITIAL_S, ROUND_RETRY_CAP_S)
+        pauses: Iterator[float] | None = None  # made at the first retry (rounds rarely fail)
         shed = False
         attempt = 0
         while True:
@@ -316,6 +316,8 @@ class _Run(CallDispatcher):
             except (TransientBackendError, AllTargetsFailed) as exc:
                 if attempt >= ROUND_ATTEMPTS:
                     raise
+                if pauses is None:
+                    pauses = delays(ROUND_RETRY_INITIAL_S, ROUND_RETRY_CAP_S)
                 pause = next(pauses)
                 self.emit(
                     ev.ResilienceEvent(

@@ -190,6 +190,8 @@ class ToolRegistry:
 
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         self._tools: dict[str, Tool] = {}
+        #: ``lmstudio_schemas()`` as of the last change (every round asks; tools rarely change).
+        self._schemas: tuple[dict[str, Any], ...] | None = None
         for t in tools:
             self.add(t)
 
@@ -202,6 +204,7 @@ class ToolRegistry:
             if new.name in self._tools:
                 raise ValueError(f"a tool named {new.name!r} is already registered")
         self._tools[new.name] = new
+        self._schemas = None
         return new
 
     def add_function(self, fn: Callable[..., Any]) -> Tool:
@@ -211,6 +214,7 @@ class ToolRegistry:
     def remove_source(self, source: str) -> None:
         for name in [n for n, t in self._tools.items() if t.source == source]:
             del self._tools[name]
+        self._schemas = None
 
     def get(self, name: str) -> Tool:
         try:
@@ -235,7 +239,13 @@ class ToolRegistry:
         return sorted(self._tools)
 
     def lmstudio_schemas(self) -> list[dict[str, Any]]:
-        return [t.lmstudio_schema() for t in self._tools.values()]
+        """Every tool's :meth:`Tool.lmstudio_schema`, built once per change of the registry.
+
+        The list is new on each call; the schemas in it are shared: read them, do not change
+        them."""
+        if self._schemas is None:
+            self._schemas = tuple(t.lmstudio_schema() for t in self._tools.values())
+        return list(self._schemas)
 
 
 # ------------------------------------------------------------------------------- helpers

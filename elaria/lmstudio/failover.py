@@ -157,7 +157,13 @@ class Failover:
         loaded = False
         while True:
             try:
-                result = await self._round(host, model, request, on_fragment)
+                # Inline, not a coroutine of its own: every stream message resumes each
+                # coroutine between the task and the socket read.
+                async with self._pool.lease(host) as lease:
+                    handle = await self._pool.model_handle(lease, model)
+                    result = await predict_round(
+                        lease, str(handle.identifier), request, self._settings.lmstudio, on_fragment
+                    )
             except asyncio.CancelledError:
                 host_breaker.release(host_permit)
                 model_breaker.release(model_permit)
@@ -200,19 +206,6 @@ class Failover:
                 return None
             _record_ok(host_breaker, host_permit, model_breaker, model_permit)
             return result
-
-    async def _round(
-        self,
-        host: str,
-        model: str | None,
-        request: RoundRequest,
-        on_fragment: FragmentCallback | None,
-    ) -> RoundResult:
-        async with self._pool.lease(host) as lease:
-            handle = await self._pool.model_handle(lease, model)
-            return await predict_round(
-                lease, str(handle.identifier), request, self._settings.lmstudio, on_fragment
-            )
 
     # ------------------------------------------------------------------ model questions
 

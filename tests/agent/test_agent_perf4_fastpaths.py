@@ -5,6 +5,7 @@
 * ``ApprovalPolicy.decide`` hands out shared decisions when no rule exists: equal to the ones
   the rule walk builds, for every mode.
 * ``Tool.validate`` copies the model's ``__dict__``: equal to reading every field by name.
+* ``ToolRegistry.lmstudio_schemas`` is built once per change: equal to building it anew.
 * ``ConversationHistory.add`` returns what it trimmed, and keeps unit costs as counters: the
   number agrees with the message count, and the trimmer sees the costs it saw before.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 
 from elaria.agent import events as ev
 from elaria.agent.approval import ApprovalPolicy, Decision
-from elaria.agent.tools import Tool
+from elaria.agent.tools import Tool, ToolRegistry
 from elaria.config import AgentSettings, ApprovalRule, HistorySettings
 from elaria.lmstudio import rounds
 from elaria.lmstudio.rounds import quick_init
@@ -265,3 +267,34 @@ def test_add_returns_what_it_trimmed_and_unit_costs_stay_true(
 def test_requests_tool_calls_agrees_with_tool_call_ids(content: Any) -> None:
     message = {"role": "assistant", "content": content}
     assert requests_tool_calls(message) == bool(tool_call_ids(message))
+
+
+# ------------------------------------------------------------------ registry schemas
+
+
+def test_cached_schemas_follow_every_change_of_the_registry() -> None:
+    def shout(text: str) -> str:
+        """Shout.
+
+        Args:
+            text: what to shout
+        """
+        return text.upper()
+
+    registry = ToolRegistry([Tool.from_function(_typed)])
+
+    def built() -> list[dict[str, Any]]:
+        return [t.lmstudio_schema() for t in registry]
+
+    assert registry.lmstudio_schemas() == built()
+    first = registry.lmstudio_schemas()
+    first.clear()  # the caller's list is its own
+    assert registry.lmstudio_schemas() == built()
+    registry.add(Tool.from_function(shout))
+    assert [s["function"]["name"] for s in registry.lmstudio_schemas()] == ["_typed", "shout"]
+    assert registry.lmstudio_schemas() == built()
+    registry.add(replace(Tool.from_function(shout), source="mcp:x"), namespace="x")
+    assert registry.lmstudio_schemas() == built()
+    registry.remove_source("mcp:x")
+    assert [s["function"]["name"] for s in registry.lmstudio_schemas()] == ["_typed", "shout"]
+    assert registry.lmstudio_schemas() == built()
