@@ -6,6 +6,8 @@ schemas or ``None`` for a last round without tools, sampling options) and receiv
 breaker and the server-side ``cancel``; the agent owns tools and history.
 
 Plain values only: these objects cross task boundaries and go into events and the audit ledger.
+They are frozen dataclasses built through :func:`quick_init` (also used by the agent's events:
+several of each are built per round).
 """
 
 from __future__ import annotations
