@@ -278,14 +278,9 @@ class Runtime:
         self._mcp = bridge
         self._stack.push_async_callback(bridge.aclose)
         await bridge.start()
+        # Each bridged tool carries its config's approval mode; the policy reads it per call,
+        # so a tool that first appears after a server restart is asked about too.
         bridge.register(self.registry)
-        approvals = bridge.approvals()
-        if approvals and self.policy is not None:
-            agent = self.settings.agent
-            modes = {**approvals, **agent.approval}  # the operator's settings win
-            merged = agent.model_copy(update={"approval": modes})
-            self.settings = self.settings.model_copy(update={"agent": merged})
-            self.policy = ApprovalPolicy(merged, ApprovalStore(approvals_path(merged)))
 
     def _apply_tool_filters(self) -> None:
         agent = self.settings.agent

@@ -1,6 +1,8 @@
 """Human approval of tool calls: per-tool policy, remembered rules, and where they are saved.
 
-Policy per tool (``agent.approval``, keys may be globs; others use ``agent.default_approval``):
+Policy per tool (``agent.approval``, keys may be globs; a tool's own mode, such as an MCP
+server's ``approval`` config, comes after an exact key and before the globs; others use
+``agent.default_approval``):
 
 * ``auto`` — run it (unless a saved ``deny`` rule matches);
 * ``ask`` — ask the callback (the CLI asks y/n/always/never); a saved rule answers instead when
@@ -124,16 +126,23 @@ class ApprovalPolicy:
     def rules(self) -> tuple[ApprovalRule, ...]:
         return tuple(self._rules)
 
-    def mode(self, tool: str) -> ApprovalMode:
+    def mode(self, tool: str, own: ApprovalMode | None = None) -> ApprovalMode:
+        """The operator's mode for ``tool`` by exact name; else the tool's ``own`` mode (what
+        its source asks for, e.g. an MCP server's config); else the operator's first matching
+        glob; else ``agent.default_approval``."""
         if tool in self._modes:
             return self._modes[tool]
+        if own is not None:
+            return own
         for pattern, mode in self._modes.items():
             if fnmatchcase(tool, pattern):
                 return mode
         return self._default
 
-    def decide(self, tool: str, arguments: Mapping[str, Any]) -> Decision:
-        mode = self.mode(tool)
+    def decide(
+        self, tool: str, arguments: Mapping[str, Any], own: ApprovalMode | None = None
+    ) -> Decision:
+        mode = self.mode(tool, own)
         if mode == "deny":
             return _POLICY_DECISIONS["deny"]
         if not self._rules:

@@ -112,7 +112,7 @@ class Guard:
 
     def approval(self, tool: Tool, arguments: Mapping[str, Any]) -> Decision:
         """Step 4."""
-        return self.policy.decide(tool.name, arguments)
+        return self.policy.decide(tool.name, arguments, tool.approval)
 
     def admit(self, tool: Tool, arguments: Mapping[str, Any]) -> None:
         """Steps 5–6, called right before the tool runs."""

@@ -50,6 +50,10 @@ class Tool:
     arg_kinds: Mapping[str, ArgKind] = field(default_factory=dict)
     cacheable: bool = False
     timeout: float | None = None
+    #: The approval mode its source asks for (an MCP server's ``approval`` config): used when
+    #: the operator's ``agent.approval`` does not name this tool exactly; see
+    #: :meth:`~elaria.agent.approval.ApprovalPolicy.mode`.
+    approval: Literal["auto", "ask", "deny"] | None = None
     _model: type[BaseModel] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

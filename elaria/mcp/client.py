@@ -26,9 +26,9 @@ to :meth:`McpBridge.register` (or :meth:`McpBridge.track`) gets the server's ent
 ``remove_source`` then ``add``, in one synchronous step on the supervisor's task. That task runs
 on the loop that called :meth:`start`, which must be the loop owning the registry; a call
 already running keeps its handler, and the next round sees the new list. A new name that clashes
-with another server's tool is exposed as ``server.tool``. A new tool whose config ``approval``
-is ``ask`` but that was not in :meth:`McpBridge.approvals` when the caller read it is refused
-by the firewall (the caller's policy would run it without asking).
+with another server's tool is exposed as ``server.tool``. Every bridged tool carries its config
+``approval`` mode (:attr:`~elaria.agent.tools.Tool.approval`), so the agent's policy asks about
+an ``ask`` tool even when it first appears after a restart.
 
 Loop confinement: all methods on the loop that called :meth:`start`; tool handlers may run
 concurrently. :meth:`aclose` kills every child's process group; so do interpreter exit and
@@ -107,8 +107,6 @@ class McpBridge:
         self.tools: list[Tool] = []
         self._listed: dict[str, list[dict[str, Any]]] = {}
         self._registry: ToolRegistry | None = None
-        #: Names whose approval mode the caller took from :meth:`approvals` (its policy asks).
-        self._published: set[str] = set()
         self._accept: Callable[[str], bool] = _accept_all
         self._approvals: dict[str, str] = {}
         self._firewalls: dict[str, Firewall] = {}
@@ -181,7 +179,7 @@ class McpBridge:
         built = []
         for t in offered:
             clashes = _sanitise(t.name) in others
-            tool = self._bridge_tool(server, t, namespaced=clashes, late=True)
+            tool = self._bridge_tool(server, t, namespaced=clashes)
             if tool is not None:
                 built.append(tool)
         self.tools = [t for t in self.tools if t.source != source] + built
@@ -205,12 +203,8 @@ class McpBridge:
         )
 
     def approvals(self) -> dict[str, str]:
-        """Exposed tool name → ``auto|ask|deny`` from the config, for the agent's policy.
-
-        A tool that appears after this call (a server restarted with new tools) and whose mode
-        is ``ask`` is refused by the firewall: the caller's policy would not know to ask.
-        """
-        self._published = set(self._approvals)
+        """Exposed tool name → ``auto|ask|deny`` from the config (each tool also carries its
+        own in :attr:`~elaria.agent.tools.Tool.approval`, which the agent's policy reads)."""
         return dict(self._approvals)
 
     def stats(self) -> list[dict[str, Any]]:
@@ -258,9 +252,7 @@ class McpBridge:
             )
         return self._firewalls[server]
 
-    def _bridge_tool(
-        self, server: str, remote: types.Tool, *, namespaced: bool, late: bool = False
-    ) -> Tool | None:
+    def _bridge_tool(self, server: str, remote: types.Tool, *, namespaced: bool) -> Tool | None:
         supervisor = self.supervisors[server]
         cfg: ServerConfig = self.config.servers[server]
         schema = dict(remote.input_schema or {})
@@ -279,7 +271,6 @@ class McpBridge:
         approval = cfg.approval_for(remote.name)
         if approval is not None:
             self._approvals[name] = approval
-        nobody_asks = late and approval == "ask" and name not in self._published
         remote_name = remote.name
 
         async def handler(arguments: dict[str, Any]) -> str:
@@ -289,7 +280,6 @@ class McpBridge:
                 arg_kinds=arg_kinds,
                 approval=approval,
                 server=server,
-                nobody_asks=nobody_asks,
             )
             started = time.perf_counter()
             try:
@@ -323,6 +313,7 @@ class McpBridge:
             source=f"mcp:{server}",
             arg_kinds=arg_kinds,
             timeout=supervisor.call_timeout_s,
+            approval=approval,
         )
 
     def _unavailable_tool(self, server: str, exc: BaseException) -> Tool:

@@ -9,7 +9,7 @@ anything is sent or run:
 2. the domain validator for each argument tagged in ``arg_kinds`` (``path`` → ``PathGuard``,
    ``url``, ``sql``, ``shell``). A tag whose validator is not available fails closed;
 3. the approval mode: ``deny`` refuses; ``ask`` refuses here too unless the caller owns an
-   approval callback (the agent loop asks the human itself, see :meth:`McpBridge.approvals`).
+   approval callback (the agent loop asks the human itself: each bridged tool carries its mode).
 
 Refusals raise :class:`~elaria.errors.ToolRefused` / :class:`~elaria.errors.ToolDenied` (tell the
 model) and, like every outcome, become an audit record through :meth:`Firewall.record`. Records
@@ -120,13 +120,8 @@ class Firewall:
         arg_kinds: Mapping[str, ArgKind] | None = None,
         approval: str | None = None,
         server: str | None = None,
-        nobody_asks: bool = False,
     ) -> None:
-        """Refuse the call (and audit it) or return quietly.
-
-        ``nobody_asks``: this tool's ``ask`` cannot reach an approver (e.g. the tool appeared
-        after the agent's policy was built), so ``ask`` refuses as if ``ask_means_deny``.
-        """
+        """Refuse the call (and audit it) or return quietly."""
         self.calls += 1
         try:
             check_tool_arguments(arguments, max_chars=self.max_argument_chars)
@@ -154,7 +149,7 @@ class Firewall:
                 tool=tool,
                 hint="This call was refused before it ran; change the arguments.",
             ) from exc
-        if approval == "deny" or (approval == "ask" and (self._ask_means_deny or nobody_asks)):
+        if approval == "deny" or (approval == "ask" and self._ask_means_deny):
             self.refusals += 1
             why = "denied by policy" if approval == "deny" else "needs approval; nobody to ask"
             self.record(tool, arguments, "denied", server=server, reason=why)

@@ -31,6 +31,19 @@ def test_modes_per_tool_with_globs_and_default() -> None:
     assert p.decide("sql_query", {}).by == "policy"
 
 
+def test_a_tools_own_mode_sits_between_the_operators_exact_name_and_globs() -> None:
+    p = policy(approval={"fetch": "auto", "mcp_*": "deny"}, default_approval="auto")
+    # The operator's exact name wins over what the tool's source asks for ...
+    assert p.decide("fetch", {}, "ask").verdict == "allow"
+    # ... the tool's own mode wins over the operator's globs and the default ...
+    assert p.decide("mcp_shout", {}, "ask").verdict == "ask"
+    assert p.decide("other", {}, "deny").verdict == "deny"
+    # ... and without one, globs and the default decide as before.
+    assert p.decide("mcp_shout", {}).verdict == "deny"
+    assert p.decide("other", {}).verdict == "allow"
+    assert p.mode("other", "ask") == "ask"
+
+
 def test_rules_scope_by_argument_and_cannot_be_escaped_with_dotdot() -> None:
     rule = ApprovalRule(tool="write_file", decision="allow", argument="path", pattern="notes/*")
     p = policy(approval={"write_file": "ask"}, approval_rules=[rule])

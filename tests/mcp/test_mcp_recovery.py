@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from elaria.agent.approval import ApprovalPolicy
 from elaria.agent.tools import ToolRegistry
-from elaria.config import McpSettings
-from elaria.errors import ToolDenied, ToolExecutionError
+from elaria.config import AgentSettings, McpSettings
+from elaria.errors import ToolExecutionError
 from elaria.mcp.client import McpBridge
 from elaria.mcp.config import parse_mcp_config
 from elaria.mcp.testing import fixture_server, wait_until
@@ -92,7 +93,6 @@ async def test_a_restart_with_a_new_tool_list_updates_the_registry(tmp_path: Pat
         registry = ToolRegistry()
         bridge.register(registry)
         assert registry.names() == ["block", "echo"]
-        # The agent's policy learns these once; a later "ask" tool cannot be asked about.
         assert bridge.approvals() == {"echo": "ask"}
         # A filtered copy, as the runtime keeps one: a new tool must pass the same filter.
         filtered = ToolRegistry(list(registry))
@@ -107,8 +107,16 @@ async def test_a_restart_with_a_new_tool_list_updates_the_registry(tmp_path: Pat
         assert sorted(t.name for t in bridge.tools) == ["echo", "grow", "shout", "wave"]
         assert await filtered.get("wave").invoke({"text": "hi"}) == "wave: hi"
         assert await filtered.get("echo").invoke({"text": "known"}) == "known"
-        with pytest.raises(ToolDenied, match="needs approval; nobody to ask"):
-            await filtered.get("shout").invoke({"text": "hi"})
+        # A tool that first appeared with the restart carries its "ask": the agent's policy
+        # asks about it like about the tools it knew from the start.
+        policy = ApprovalPolicy(AgentSettings())
+        for name in ("echo", "shout"):
+            tool = filtered.get(name)
+            assert tool.approval == "ask"
+            assert policy.decide(name, {"text": "hi"}, tool.approval).verdict == "ask"
+        assert policy.decide("wave", {"text": "hi"}, filtered.get("wave").approval).verdict == (
+            "allow"
+        )
         assert bridge.supervisors["fx"].restarts == 1
         # The registry it no longer tracks is left as it was.
         assert registry.names() == ["block", "echo"]
