@@ -43,6 +43,9 @@ MAX_LINE_BYTES = 32 * 1024 * 1024
 STDIN_CLOSE_GRACE_S = 1.0
 #: Grace between SIGTERM and SIGKILL to the group.
 SIGTERM_GRACE_S = 1.0
+#: After SIGKILL, how long to wait for the exit to be recorded: asyncio still counts a child
+#: whose exit it has not seen as running, and its transport then warns when collected.
+KILL_REAP_GRACE_S = 2.0
 #: Poll interval for the exit status where pidfd is unavailable (and for the reaper's lag).
 EXIT_POLL_S = 0.01
 #: How many stderr lines we keep for error messages.
@@ -151,6 +154,10 @@ class ChildProcess:
         finally:
             # Always, even after a clean exit: a grandchild may outlive its parent.
             self.kill_group(signal.SIGKILL)
+            if not self.exited.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(KILL_REAP_GRACE_S):
+                        await self.exited.wait()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
