@@ -223,17 +223,16 @@ class EventLog:
         return self._submit(line)
 
     def _submit(self, line: bytes) -> bool:
-        accepted = self._writer.submit(line)
-        if not accepted:
-            self._report_not_running()
-        return accepted
+        return self._reported(self._writer.submit(line))
 
-    def _report_not_running(self) -> None:
-        if not self._writer.running and not self._not_running_reported:
+    def _reported(self, accepted: bool) -> bool:
+        """``accepted``, after logging (once) a drop because the log is not running."""
+        if not accepted and not self._writer.running and not self._not_running_reported:
             self._not_running_reported = True
             logger.bind(kind="telemetry", path=str(self.path)).warning(
                 "inference event emitted while the event log is not running; dropped and counted"
             )
+        return accepted
 
     def round(
         self,
@@ -251,10 +250,8 @@ class EventLog:
         if not meta:
             fields = self._round_fields(result, request_id, run_id, latency_s)
             if fields is not None:
-                accepted = self._writer.submit_deferred(functools.partial(self._deferred, fields))
-                if not accepted:
-                    self._report_not_running()
-                return accepted
+                deferred = functools.partial(self._deferred, fields)
+                return self._reported(self._writer.submit_deferred(deferred))
         return self.emit(self._round_event(result, request_id, run_id, latency_s, meta))
 
     def failed_round(
@@ -421,13 +418,10 @@ class EventLog:
         line = self._build_round_line(f)
         if line is not None:
             return line
-        return InferenceEvent(
+        return self._event(
             created=datetime.fromtimestamp(f.created, UTC),
             request_id=f.request_id,
             run_id=f.run_id,
-            tenant=self.tenant,
-            project=self.project,
-            tier=self.tier,
             provider=f.provider,
             host=f.host,
             model=f.model,
@@ -435,8 +429,8 @@ class EventLog:
             time_to_first_token_ms=f.ttft_ms,
             tokens_in=f.tokens_in,
             tokens_out=f.tokens_out,
-            cost_usd=f.cost_usd,
             success=True,
+            error_class=None,
             meta={"stop_reason": f.stop_reason},
         ).to_line()
 

@@ -555,10 +555,7 @@ class AuditLedger:
         The record is built (:meth:`RequestContext.to_record`, redacted and encoded) by the
         writer with its next batch, within ``LINGER_S``: leave ``ctx`` alone once recorded. A
         record that cannot be built is dropped, counted, and the first such failure logged."""
-        accepted = self._writer.submit_deferred(functools.partial(_record_line, ctx))
-        if not accepted:
-            self._report_not_running()
-        return accepted
+        return self._reported(self._writer.submit_deferred(functools.partial(_record_line, ctx)))
 
     write = record  # the run recorder's name for it
 
@@ -595,17 +592,16 @@ class AuditLedger:
         return stats
 
     def _submit(self, record: dict[str, Any]) -> bool:
-        accepted = self._writer.submit(_encode(record))
-        if not accepted:
-            self._report_not_running()
-        return accepted
+        return self._reported(self._writer.submit(_encode(record)))
 
-    def _report_not_running(self) -> None:
-        if not self._writer.running and not self._not_running_reported:
+    def _reported(self, accepted: bool) -> bool:
+        """``accepted``, after logging (once) a drop because the ledger is not running."""
+        if not accepted and not self._writer.running and not self._not_running_reported:
             self._not_running_reported = True
             logger.bind(kind="telemetry", path=str(self.path)).warning(
                 "audit record written while the ledger is not running; dropped and counted"
             )
+        return accepted
 
 
 def _encode(record: dict[str, Any]) -> bytes:

@@ -221,15 +221,19 @@ class JsonlFile:
             )
 
     def _report(self, text: str) -> None:
-        if self._on_failure is not None:
-            with contextlib.suppress(Exception):
-                self._on_failure(text)
+        _report(self._on_failure, text)
 
     def _close_fd(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _report(on_failure: Callable[[str], None] | None, text: str) -> None:
+    if on_failure is not None:
+        with contextlib.suppress(Exception):  # a broken reporter must not stop the writing
+            on_failure(text)
 
 
 _STOP: Final = object()
@@ -376,13 +380,12 @@ class LineWriter:
         try:
             return make_line()
         except Exception as exc:
-            if not self._unbuilt_reported and self._on_failure is not None:
+            if not self._unbuilt_reported:
                 self._unbuilt_reported = True
-                with contextlib.suppress(Exception):
-                    self._on_failure(
-                        f"a line for {self.file.path.name} could not be built ({exc!r}); "
-                        "it is dropped and counted"
-                    )
+                self._report(
+                    f"a line for {self.file.path.name} could not be built ({exc!r}); "
+                    "it is dropped and counted"
+                )
             return None
 
     def _write_batch(self, lines: list[bytes]) -> None:
@@ -394,12 +397,14 @@ class LineWriter:
             self._on_batch(lines)
         except Exception as exc:
             self.batch_failures += 1
-            if not self._batch_failing and self._on_failure is not None:
-                with contextlib.suppress(Exception):
-                    self._on_failure(f"secondary store for {self.file.path.name} failed: {exc!r}")
+            if not self._batch_failing:
+                self._report(f"secondary store for {self.file.path.name} failed: {exc!r}")
             self._batch_failing = True
         else:
             self._batch_failing = False
+
+    def _report(self, text: str) -> None:
+        _report(self._on_failure, text)
 
     def _discard_queued(self) -> int:
         count = 0
