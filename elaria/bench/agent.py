@@ -18,7 +18,8 @@ Reported: median milliseconds per round for each side; ``ratio``, the runtime's 
 the SDK's (everything counted, also the work the runtime defers to its log writer, which lands
 in some runs only); and, for the spread, the median and quartiles of the pairs' own ratios (a
 pair runs within milliseconds, so the machine's drift cancels out of each). The goal is a
-``ratio`` under 1.15. Logs go to a temporary directory.
+``ratio`` under 1.15. The runtime's event log and audit ledger go to a temporary directory;
+log records go where ``elaria bench`` sends them (the log files, not the terminal).
 """
 
 from __future__ import annotations
