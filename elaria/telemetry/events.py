@@ -14,10 +14,11 @@ Contract:
 * :class:`InferenceEvent` is the schema (``SCHEMA_VERSION``); invalid values raise pydantic's
   ``ValidationError`` when the event is built, never when it is written.
 * ``emit`` never blocks and never raises: it redacts and serialises the event and hands one line
-  to a single writer task through a bounded queue (``telemetry.queue_size``). ``round`` checks and
-  captures the round's values and leaves redaction and encoding to the writer's batch (a line
-  per agent round, built between the SDK's and the tools' work, is several times dearer than
-  the same line built in a batch). A full queue drops
+  to a single writer task through a bounded queue (``telemetry.queue_size``). ``round`` only
+  takes the (frozen) round result, its ids and the time, and leaves checking, redaction and
+  encoding to the writer's batch (a line per agent round, built between the SDK's and the
+  tools' work, is several times dearer than the same line built in a batch); a round whose
+  values the schema refuses is dropped there and counted. A full queue drops
   the event and counts it. A failing disk is reported once in the log and counted; inference
   goes on. ``stats()`` shows every counter (the health snapshot reads it).
 * The file rotates at ``logging.rotation_mb`` (``from_settings``), keeping
@@ -245,14 +246,21 @@ class EventLog:
     ) -> bool:
         """Record a successful round from its :class:`~elaria.lmstudio.rounds.RoundResult`.
 
-        The values are checked and captured now; the line is built (redacted, encoded) by the
-        writer with its batch, within ``LINGER_S``."""
-        if not meta:
-            fields = self._round_fields(result, request_id, run_id, latency_s)
-            if fields is not None:
-                deferred = functools.partial(self._deferred, fields)
-                return self._reported(self._writer.submit_deferred(deferred))
-        return self.emit(self._round_event(result, request_id, run_id, latency_s, meta))
+        Only the ids and the time are taken now (``result`` is frozen); the writer checks the
+        values, redacts and encodes them with its batch, within ``LINGER_S``. Values the
+        schema refuses drop the line there (counted, the first reported), never the caller."""
+        if meta:
+            return self.emit(self._round_event(result, request_id, run_id, latency_s, meta))
+        captured = _CapturedRound(
+            time.time(),
+            result,
+            request_id or current_request_id() or new_id(),
+            run_id or current_run_id(),
+            latency_s,
+        )
+        return self._reported(
+            self._writer.submit_deferred(functools.partial(self._deferred, captured))
+        )
 
     def failed_round(
         self,
@@ -295,10 +303,14 @@ class EventLog:
         run_id: str | None,
         latency_s: float | None,
         meta: dict[str, Any],
+        created: float | None = None,
     ) -> InferenceEvent:
         """The validated event of a successful round (the general path of :meth:`round`)."""
         ttft = result.time_to_first_token_s
+        # ``created`` defaults to now in the schema; a captured round keeps its own time.
+        when = {} if created is None else {"created": datetime.fromtimestamp(created, UTC)}
         return self._event(
+            **when,
             provider=_provider(result.provider),
             host=result.host,
             model=result.model,
@@ -323,7 +335,7 @@ class EventLog:
     ) -> bytes | None:
         """The line :meth:`round` writes for ``result``, built at once (the writer builds it
         from :meth:`_round_fields` later). None when the validated path must take over."""
-        fields = self._round_fields(result, request_id, run_id, latency_s)
+        fields = self._round_fields(result, request_id, run_id, latency_s, time.time())
         return None if fields is None else self._build_round_line(fields)
 
     def _round_fields(
@@ -332,6 +344,7 @@ class EventLog:
         request_id: str | None,
         run_id: str | None,
         latency_s: float | None,
+        created: float,
     ) -> _RoundFields | None:
         """The round's values, checked as the schema would; None when any is one the schema
         would reject (the caller then takes the validated path, which raises or writes).
@@ -371,7 +384,7 @@ class EventLog:
         ):
             return None
         return _RoundFields(
-            time.time(),
+            created,
             request_id,
             run_id,
             _provider(result.provider),
@@ -413,26 +426,16 @@ class EventLog:
         except UnicodeEncodeError:
             return None
 
-    def _deferred(self, f: _RoundFields) -> bytes | None:
-        """The writer's builder for a captured round: the fast line, else the validated one."""
-        line = self._build_round_line(f)
+    def _deferred(self, r: _CapturedRound) -> bytes:
+        """The writer's builder for a captured round: the fast line when every value passes the
+        schema's checks, else the validated event's line (which raises for a value it refuses:
+        the writer then drops and counts the line)."""
+        fields = self._round_fields(r.result, r.request_id, r.run_id, r.latency_s, r.created)
+        line = None if fields is None else self._build_round_line(fields)
         if line is not None:
             return line
-        return self._event(
-            created=datetime.fromtimestamp(f.created, UTC),
-            request_id=f.request_id,
-            run_id=f.run_id,
-            provider=f.provider,
-            host=f.host,
-            model=f.model,
-            latency_ms=f.latency_ms,
-            time_to_first_token_ms=f.ttft_ms,
-            tokens_in=f.tokens_in,
-            tokens_out=f.tokens_out,
-            success=True,
-            error_class=None,
-            meta={"stop_reason": f.stop_reason},
-        ).to_line()
+        event = self._round_event(r.result, r.request_id, r.run_id, r.latency_s, {}, r.created)
+        return event.to_line()
 
     def _event(
         self, *, request_id: str | None, run_id: str | None, **fields: Any
@@ -447,6 +450,16 @@ class EventLog:
             cost_usd=cost_usd(tokens, 0, self.cost_per_1k_tokens),
             **fields,
         )
+
+
+class _CapturedRound(NamedTuple):
+    """What :meth:`EventLog.round` takes when a round ends; the writer builds the line from it."""
+
+    created: float
+    result: RoundResult
+    request_id: str
+    run_id: str | None
+    latency_s: float | None
 
 
 class _RoundFields(NamedTuple):

@@ -111,6 +111,8 @@ MITIGATING_EVENTS: Final = frozenset(
 )
 #: Bounds on one record's lists: a runaway run must not make a multi-megabyte line.
 MAX_ENTRIES: Final = 1_000
+#: Queued entries (see :meth:`RequestContext.settle`) are applied at once past this many.
+_QUEUED_MAX: Final = 256
 _TRUNCATION_MARK: Final = "…[truncated]"
 
 
@@ -149,7 +151,11 @@ class RequestContext:
     Cheap to fill: the methods below capture plain values (and the caller's objects, such as a
     tool's arguments: do not change them afterwards); the prompt and answer previews and the
     lists' redaction are made when read — by :meth:`to_record`, which the ledger's writer calls
-    with its batch."""
+    with its batch. What a run reports on its hot path — :meth:`observe`,
+    :meth:`record_model_call` and :meth:`finish_ok` — is queued with its time and applied, in
+    order, by :meth:`settle`: :meth:`to_record` and every other method settle first, so the
+    record is the same as if each had been applied at once. The list fields and ``outcome``
+    show queued entries only once settled."""
 
     run_id: str | None
     request_id: str
@@ -179,6 +185,12 @@ class RequestContext:
     _pending_args: dict[str, Any] = field(default_factory=dict)
     _direct_calls: bool = False
     _answer: str | None = field(default=None, repr=False)
+    #: Entries the run's hot path handed over (observe, record_model_call, finish_ok), applied
+    #: in order by :meth:`settle`; each with the clock reading it gets as its time.
+    _queued: list[tuple[float, Callable[[RequestContext, Any], None], Any]] = field(
+        default_factory=list, repr=False
+    )
+    _now: float | None = field(default=None, repr=False)
 
     @classmethod
     def begin(
@@ -228,6 +240,8 @@ class RequestContext:
     def event(self, kind: str, **data: Any) -> None:
         """A resilience event (retry, reconnect, breaker, failover, repair, trim,
         validator_refusal, approval, denial …), in the order they happen."""
+        if self._queued:
+            self.settle()
         self._append(self.events, {"kind": kind, **data})
 
     def model_call(
@@ -244,6 +258,8 @@ class RequestContext:
         provider: str | None = None,
     ) -> None:
         """One model request (prediction round); the last successful one sets final host/model."""
+        if self._queued:
+            self.settle()
         if success:
             self.final_host, self.final_model = host, model
             self.tokens_in += max(0, tokens_in)
@@ -276,6 +292,8 @@ class RequestContext:
         """A tool call: ``outcome`` is ``ok``, ``error``, ``refused``, ``denied``, ``timeout``,
         ``cancelled`` …; ``arguments`` are redacted and truncated into ``arguments_preview`` when
         the record is built."""
+        if self._queued:
+            self.settle()
         self._append(
             self.tool_calls,
             {
@@ -298,9 +316,9 @@ class RequestContext:
         """Close the record. Without ``outcome``: ``cancelled`` for CancelledError/RunCancelled,
         ``failure`` for any other error, else ``mitigated_success`` when a mitigating event
         happened, else ``success``. Calling it again only fills what is still missing."""
-        if self.finished is None:
-            self.finished = self.clock()
-            self.finished_wall = self.wall_clock()
+        if self._queued:
+            self.settle()
+        self._mark_finished()
         if answer is not None and self._answer is None:
             self._answer = answer
         if error is not None and self.error_class is None:
@@ -311,10 +329,14 @@ class RequestContext:
 
     def set_answer(self, text: str) -> None:
         """The answer as it is known (the final one wins); previewed when read."""
+        if self._queued:
+            self.settle()
         self._answer = text
 
     def set_error(self, error_class: str, message: str) -> None:
         """The error that ended the run, by class name and message (redacted here)."""
+        if self._queued:
+            self.settle()
         self.error_class = error_class
         self.error = preview(message, self.answer_preview_chars)
 
@@ -343,7 +365,32 @@ class RequestContext:
             return
         handler = OBSERVERS.get(kind) if isinstance(kind, str) else None
         if handler is not None:
-            handler(self, event)
+            self._queue(handler, event)
+
+    def settle(self) -> None:
+        """Apply the queued entries now, in order, each at the time it was queued. An entry
+        that fails to apply is counted in ``dropped_entries`` and logged; the others stay."""
+        queued = self._queued
+        if not queued:
+            return
+        self._queued = []
+        try:
+            for at, apply, payload in queued:
+                self._now = at
+                try:
+                    apply(self, payload)
+                except Exception:
+                    self.dropped_entries += 1
+                    logger.opt(exception=True).bind(kind="telemetry").warning(
+                        "audit entry {} could not be recorded", getattr(apply, "__name__", apply)
+                    )
+        finally:
+            self._now = None
+
+    def _queue(self, apply: Callable[[RequestContext, Any], None], payload: Any) -> None:
+        self._queued.append((self.clock(), apply, payload))
+        if len(self._queued) >= _QUEUED_MAX:
+            self.settle()
 
     # The vocabulary of the runtime's run recorder (``elaria.agent.recorder``), as thin adapters.
 
@@ -353,15 +400,7 @@ class RequestContext:
         """A round came back: host, model, tokens and latency from its RoundResult.
         ``request_id`` (the round's) links the entry to its inference event line."""
         self._direct_calls = True
-        self.model_call(
-            result.host,
-            result.model,
-            latency_s=seconds,
-            tokens_in=result.prompt_tokens,
-            tokens_out=result.predicted_tokens,
-            provider=result.provider,
-            request_id=request_id,
-        )
+        self._queue(_apply_model_call, (result, seconds, request_id))
 
     def record_model_error(
         self, *, error: BaseException, seconds: float, request_id: str | None = None
@@ -381,11 +420,9 @@ class RequestContext:
         self.observe(event)
 
     def finish_ok(self, answer: str, *, host: str | None = None, model: str | None = None) -> None:
-        if host:
-            self.final_host = host
-        if model:
-            self.final_model = model
-        self.finish(answer=answer)
+        """:meth:`finish` with the answer (after the queued entries; timed now)."""
+        self._mark_finished()
+        self._queue(_apply_finish_ok, (answer, host, model))
 
     def finish_failed(self, error: BaseException) -> None:
         self.finish(error=error)
@@ -403,6 +440,7 @@ class RequestContext:
 
     def to_record(self) -> dict[str, Any]:
         """The JSON-ready, redacted ledger record (finishes the context if still open)."""
+        self.settle()
         if self.outcome is None:
             self.finish()
         record = {
@@ -444,8 +482,14 @@ class RequestContext:
         if len(self.calls) + len(self.events) + len(self.tool_calls) >= MAX_ENTRIES:
             self.dropped_entries += 1
             return
-        t_ms = round((self.clock() - self.started) * 1000, 3)
+        now = self.clock() if self._now is None else self._now
+        t_ms = round((now - self.started) * 1000, 3)
         target.append({"seq": self._seq, "t_ms": t_ms, **entry})
+
+    def _mark_finished(self) -> None:
+        if self.finished is None:
+            self.finished = self.clock()
+            self.finished_wall = self.wall_clock()
 
     def _tool_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
         arguments = entry.get("arguments_preview")
@@ -455,6 +499,28 @@ class RequestContext:
             redacted["arguments_preview"] = preview(arguments.value, self.arguments_preview_chars)
             return redacted
         return cast(dict[str, Any], redact(entry))
+
+
+def _apply_model_call(ctx: RequestContext, payload: tuple[RoundResult, float, str | None]) -> None:
+    result, seconds, request_id = payload
+    ctx.model_call(
+        result.host,
+        result.model,
+        latency_s=seconds,
+        tokens_in=result.prompt_tokens,
+        tokens_out=result.predicted_tokens,
+        provider=result.provider,
+        request_id=request_id,
+    )
+
+
+def _apply_finish_ok(ctx: RequestContext, payload: tuple[str, str | None, str | None]) -> None:
+    answer, host, model = payload
+    if host:
+        ctx.final_host = host
+    if model:
+        ctx.final_model = model
+    ctx.finish(answer=answer)
 
 
 # --------------------------------------------------------------------------- the ledger

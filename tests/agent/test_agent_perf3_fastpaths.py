@@ -268,6 +268,7 @@ async def test_recorder_events_feed_the_audit_and_a_failing_audit_never_raises()
             run_id="run-1", call_id="c1", tool="add", by="policy", reason="not allowed"
         )
         recorder.on_event(denied)
+        context.settle()
         assert [e["kind"] for e in context.events] == ["denial"]
 
         def broken(event: Any) -> None:
@@ -275,6 +276,7 @@ async def test_recorder_events_feed_the_audit_and_a_failing_audit_never_raises()
 
         recorder._record_event = broken  # the audit context's sink, bound when the run began
         recorder.on_event(denied)  # logged, never raised into the run
+        context.settle()
         assert [e["kind"] for e in context.events] == ["denial"]
     finally:
         await telemetry.close()
@@ -294,6 +296,7 @@ async def test_round_ok_feeds_the_audit_and_a_failing_audit_never_raises() -> No
         result = RoundResult(text="ok", host="h", model="m", prompt_tokens=3)
         recorded = recorder.round_ok(request, result, 0.25)
         assert recorded.provider == "embedded"  # the runtime's provider, not the round's
+        context.settle()  # the round was queued; the record would apply it when built
         assert [(c["request_id"], c["provider"]) for c in context.calls] == [("req-9", "embedded")]
 
         def broken(**_: Any) -> None:

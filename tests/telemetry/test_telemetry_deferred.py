@@ -14,9 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from elaria.lmstudio.rounds import RoundResult
 from elaria.telemetry.events import EventLog, InferenceEvent
-from elaria.telemetry.ledger import AuditLedger
+from elaria.telemetry.ledger import AuditLedger, RequestContext
 from elaria.telemetry.writer import JsonlFile, LineWriter
 
 OPENAI_KEY = "sk-proj-4fGh7JkL9mNpQrStUvWx0123"
@@ -159,3 +161,81 @@ async def test_a_ledger_record_that_cannot_be_built_does_not_stop_the_next(
 class _Unprintable:
     def __str__(self) -> str:
         raise RuntimeError("no text for this object")
+
+
+# ------------------------------------------------------------------ entries queued by the run
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_queued_entries_keep_their_order_and_times_among_direct_ones() -> None:
+    from elaria.agent import events as ev
+
+    clock = _Clock()
+    ctx = RequestContext.begin("p", clock=clock)
+    round_result = RoundResult(text="", host="h", model="m", prompt_tokens=5, predicted_tokens=2)
+    clock.now += 0.1
+    ctx.record_model_call(result=round_result, seconds=0.05, request_id="r1")  # queued
+    clock.now += 0.1
+    ctx.observe(ev.ToolCallStarted(run_id="x", call_id="c1", tool="add", arguments={"a": 1}))
+    clock.now += 0.1
+    ctx.observe(
+        ev.ToolCallFinished(run_id="x", call_id="c1", tool="add", seconds=0.01, result_chars=1)
+    )
+    assert ctx.calls == []
+    assert ctx.tool_calls == []
+    clock.now += 0.1
+    ctx.event("failover", from_host="h", to_host="h2")  # a direct entry settles the queue first
+    clock.now += 0.1
+    ctx.observe(ev.FinalAnswer(run_id="x", round=2, text="3"))
+    ctx.finish_ok("3", host="h2", model="m2")
+    clock.now += 5  # applied much later, by the writer: the times are those of the calls
+    record = ctx.to_record()
+    assert [record["calls"][0]["seq"], record["tool_calls"][0]["seq"]] == [1, 2]
+    assert record["events"][0]["seq"] == 3
+    assert record["calls"][0]["t_ms"] == pytest.approx(100.0)
+    assert record["tool_calls"][0]["t_ms"] == pytest.approx(300.0)
+    assert record["events"][0]["t_ms"] == pytest.approx(400.0)
+    assert record["latency_ms"] == pytest.approx(500.0)  # finished when finish_ok was called
+    assert record["outcome"] == "mitigated_success"  # the failover counts, applied in order
+    assert (record["final_host"], record["final_model"]) == ("h2", "m2")
+    assert record["tool_calls"][0]["arguments_preview"] == '{"a": 1}'
+    assert record["answer_preview"] == "3"
+
+
+def test_a_queued_entry_that_cannot_be_applied_is_counted_and_the_rest_kept() -> None:
+    ctx = RequestContext.begin("p")
+    ctx.observe({"kind": "tool_call_finished", "call_id": "c1"})  # no tool, no seconds
+    ctx.observe({"kind": "resilience", "action": "retry", "detail": {"attempt": 2}})
+    record = ctx.to_record()
+    assert record["dropped_entries"] == 1
+    assert [(e["kind"], e["attempt"]) for e in record["events"]] == [("retry", 2)]
+    assert record["tool_calls"] == []
+
+
+def test_the_queue_is_applied_when_it_gets_long() -> None:
+    ctx = RequestContext.begin("p")
+    for _ in range(1_000):
+        ctx.observe({"kind": "history_trimmed", "dropped_messages": 1, "tokens": 10})
+    assert len(ctx._queued) < 256
+    assert len(ctx.events) > 700
+    assert len(ctx.to_record()["events"]) == 1_000
+
+
+async def test_a_round_the_schema_refuses_is_dropped_by_the_writer_not_raised() -> None:
+    log = EventLog(Path("logs") / "events.jsonl")
+    good = RoundResult(text="", host="h", model="m", total_time_s=0.1)
+    async with log:
+        assert log.round(good, request_id="r" * 500)  # too long an id: refused when built
+        assert log.round(good, request_id="r2")
+    (event,) = _rows(log.path)
+    assert event["request_id"] == "r2"
+    stats = log.stats()
+    assert stats["dropped_unbuilt"] == 1
+    assert "1 line(s) dropped: could not be built" in stats["reasons"]
