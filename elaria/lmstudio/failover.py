@@ -160,7 +160,9 @@ class Failover:
                 # Inline, not a coroutine of its own: every stream message resumes each
                 # coroutine between the task and the socket read.
                 async with self._pool.lease(host) as lease:
-                    handle = await self._pool.model_handle(lease, model)
+                    handle = self._pool.cached_handle(lease, model)
+                    if handle is None:
+                        handle = await self._pool.model_handle(lease, model)
                     result = await predict_round(
                         lease, str(handle.identifier), request, self._settings.lmstudio, on_fragment
                     )

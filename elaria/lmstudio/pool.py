@@ -116,6 +116,9 @@ class _Host:
     last_error: str | None = None
     last_error_at: str | None = None
     resolving: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    #: The handle last stored or found in ``handles``: (model key, generation, handle, expiry),
+    #: so a round reads one tuple instead of the TTL cache (see ``ClientPool.cached_handle``).
+    recent: tuple[str, int, Any, float] | None = None
 
 
 class ClientPool:
@@ -189,6 +192,7 @@ class ClientPool:
         key = model or ""
         cached = h.handles.get(key)
         if cached is not None and cached[0] == lease.generation:
+            h.recent = (key, cached[0], cached[1], cached[2])
             return cached[1]
         pending = h.resolving.get(key)
         if pending is None:
@@ -201,11 +205,27 @@ class ClientPool:
             pending.add_done_callback(lambda f: self._resolved(h, key, lease.generation, f))
         return await asyncio.shield(pending)
 
+    def cached_handle(self, lease: Lease, model: str | None) -> Any | None:
+        """What :meth:`model_handle` would return when it needs no await (the handle it found
+        last, same model, same client, not expired), else None. No await, no cache walk: every
+        round asks."""
+        h = self._hosts.get(lease.host)
+        recent = None if h is None else h.recent
+        if (
+            recent is not None
+            and recent[0] == (model or "")
+            and recent[1] == lease.generation
+            and self._clock() < recent[3]
+        ):
+            return recent[2]
+        return None
+
     def forget_handle(self, host: str, model: str | None) -> None:
         """Drop a cached handle (the model was unloaded server-side); the next use re-resolves."""
         h = self._hosts.get(host)
         if h is not None:
             h.handles.pop(model or "", None)
+            h.recent = None
 
     async def close_idle(self) -> int:
         """Stop the clients unused for ``idle_close_s``; returns how many. The cleanup task calls
@@ -326,6 +346,7 @@ class ClientPool:
         if h.conn is conn:
             h.conn = None
             h.handles.clear()
+            h.recent = None
             h.state = HostState.RECONNECTING
         h.wake.set()
         # Closing on shutdown or idleness is routine; anything else is worth a warning.
@@ -347,7 +368,10 @@ class ClientPool:
     def _resolved(self, h: _Host, key: str, generation: int, fut: asyncio.Future[Any]) -> None:
         h.resolving.pop(key, None)
         if not fut.cancelled() and fut.exception() is None and generation == h.generation:
-            h.handles[key] = (generation, fut.result())
+            # The expiry rides along: the TTL cache's own is not readable.
+            expires = self._clock() + self.settings.handle_ttl_s
+            h.handles[key] = (generation, fut.result(), expires)
+            h.recent = (key, generation, fut.result(), expires)
 
     # ------------------------------------------------------------------ I/O
 
@@ -444,6 +468,7 @@ class ClientPool:
             return False
         h.conn = conn
         h.handles.clear()
+        h.recent = None
         if h.connections:
             h.reconnects += 1
         h.connections += 1

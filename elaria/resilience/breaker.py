@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from loguru import logger
 
@@ -63,6 +63,11 @@ class Permit:
     single half-open caller."""
 
     probe: bool
+
+
+#: Permits are immutable: one of each serves every call.
+_PASS: Final = Permit(probe=False)
+_PROBE: Final = Permit(probe=True)
 
 
 def _always_counts(exc: BaseException) -> bool:
@@ -139,10 +144,10 @@ class CircuitBreaker:
         """Let a call through (a :class:`Permit`) or refuse it (``None``). No await inside."""
         state = self.state
         if state is BreakerState.CLOSED:
-            return Permit(probe=False)
+            return _PASS
         if state is BreakerState.HALF_OPEN and not self._probe_out:
             self._probe_out = True
-            return Permit(probe=True)
+            return _PROBE
         self._rejected += 1
         return None
 

@@ -215,6 +215,28 @@ async def test_handles_are_cached_and_the_pool_reports_its_state(
     assert "closed" in repr(pool)
 
 
+async def test_the_handle_a_round_reads_without_awaiting_follows_the_cache(
+    server: EmbeddedServer, lms_settings: LMStudioSettings
+) -> None:
+    now = [1_000.0]
+    settings = lms_settings.model_copy(update={"handle_ttl_s": 30.0})
+    pool = ClientPool(settings, ReconnectSettings(), clock=lambda: now[0])
+    async with pool, pool.lease(server.ws_url) as lease:
+        assert pool.cached_handle(lease, "scripted-llm") is None  # never resolved yet
+        handle = await pool.model_handle(lease, "scripted-llm")
+        assert pool.cached_handle(lease, "scripted-llm") is handle
+        assert pool.cached_handle(lease, "other-model") is None
+        assert pool.cached_handle(lease, None) is None  # "the first loaded" is its own key
+        now[0] += 29.0
+        assert pool.cached_handle(lease, "scripted-llm") is handle
+        now[0] += 2.0  # past the TTL: the cache would resolve again, so must a round
+        assert pool.cached_handle(lease, "scripted-llm") is None
+        again = await pool.model_handle(lease, "scripted-llm")
+        assert pool.cached_handle(lease, "scripted-llm") is again
+        pool.forget_handle(server.ws_url, "scripted-llm")  # unloaded behind our back
+        assert pool.cached_handle(lease, "scripted-llm") is None
+
+
 def test_package_surface() -> None:
     import elaria.lmstudio as package
 
