@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from elaria.security.redact import redact, redact_text
 from elaria.telemetry.logging import current_request_id, current_run_id, new_id
 from elaria.telemetry.paths import resolve_telemetry_path
-from elaria.telemetry.writer import JsonlFile, LineWriter
+from elaria.telemetry.writer import JsonlFile, LineWriter, encode_line
 
 if TYPE_CHECKING:
     from elaria.config import Settings
@@ -137,8 +137,6 @@ class InferenceEvent(BaseModel):
 _ID_MAX_LEN: Final = 128
 #: Exact types the fast line writes as JSON numbers (subclasses take the validated path).
 _PLAIN_NUMBERS: Final = (int, float)
-#: Compact JSON like pydantic's ``model_dump_json``; non-finite numbers never reach it.
-_LINE_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 @functools.lru_cache(maxsize=_REDACTED_TEXTS_CACHED)
@@ -421,8 +419,8 @@ class EventLog:
             "error_class": None,
             "meta": redact({"stop_reason": f.stop_reason}),
         }
-        try:
-            return (_LINE_ENCODER.encode(data) + "\n").encode()
+        try:  # compact, like pydantic's model_dump_json; the values are finite (checked)
+            return encode_line(data)
         except UnicodeEncodeError:
             return None
 

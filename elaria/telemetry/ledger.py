@@ -76,7 +76,7 @@ from elaria.telemetry.ledger_observe import OBSERVERS
 from elaria.telemetry.ledger_sqlite import SqliteLedgerStore
 from elaria.telemetry.logging import current_run_id, new_id, request_context, run_context
 from elaria.telemetry.paths import resolve_telemetry_path
-from elaria.telemetry.writer import JsonlFile, LineWriter
+from elaria.telemetry.writer import JsonlFile, LineWriter, encode_line
 
 if TYPE_CHECKING:
     from elaria.config import Settings
@@ -671,10 +671,13 @@ class AuditLedger:
 
 
 def _encode(record: dict[str, Any]) -> bytes:
-    return (_RECORD_ENCODER.encode(record) + "\n").encode(
-        "utf-8",
-        "backslashreplace",  # a lone surrogate becomes a JSON escape, not an error
-    )
+    try:
+        return encode_line(record)
+    except Exception:  # a lone surrogate, a key JSON cannot have: json's slower path copes
+        return (_RECORD_ENCODER.encode(record) + "\n").encode(
+            "utf-8",
+            "backslashreplace",  # a lone surrogate becomes a JSON escape, not an error
+        )
 
 
 def _record_line(ctx: RequestContext) -> bytes:

@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, cast
 
+import msgspec
+
 __all__ = [
     "BATCH_MAX_LINES",
     "CLOSE_TIMEOUT_S",
@@ -45,6 +47,7 @@ __all__ = [
     "DeferredLine",
     "JsonlFile",
     "LineWriter",
+    "encode_line",
 ]
 
 #: After a failed write, wait this long before touching the disk again: a full disk or a
@@ -63,6 +66,17 @@ BATCH_MAX_LINES: Final = 512
 LINGER_S: Final = 0.05
 
 _FILE_MODE: Final = 0o600  # logs may hold previews of user data: owner only
+#: Compact JSON, several times faster than ``json``; a value it has no JSON form for becomes
+#: its ``str()``, as with ``json.dumps(default=str)``. NaN and infinities become null.
+_LINE_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
+
+
+def encode_line(value: Any) -> bytes:
+    """``value`` as one line of compact UTF-8 JSON, newline included.
+
+    Raises ``UnicodeEncodeError`` for text UTF-8 cannot hold (a lone surrogate) and msgspec's
+    errors for what has no JSON form; callers then take their ``json`` path, which escapes."""
+    return _LINE_ENCODER.encode(value) + b"\n"
 
 
 class JsonlFile:

@@ -239,3 +239,23 @@ async def test_a_round_the_schema_refuses_is_dropped_by_the_writer_not_raised() 
     stats = log.stats()
     assert stats["dropped_unbuilt"] == 1
     assert "1 line(s) dropped: could not be built" in stats["reasons"]
+
+
+async def test_ledger_lines_stay_valid_json_whatever_the_record_holds() -> None:
+    ledger = AuditLedger(Path("logs") / "audit.jsonl")
+    async with ledger:
+        odd = RequestContext.begin("lone \ud800 surrogate", run_id="run-s")
+        odd.event("retry", reason=ValueError("boom"), delay_s=float("nan"))
+        odd.finish(answer="ok")
+        assert ledger.record(odd)
+        plain = RequestContext.begin("plain", run_id="run-p")
+        plain.event("retry", reason=ValueError("boom"), delay_s=float("nan"))
+        plain.finish(answer="ok")
+        assert ledger.record(plain)
+    rows = _rows(ledger.path)  # each line parses; no raw surrogate reached the file
+    assert [r["run_id"] for r in rows] == ["run-s", "run-p"]
+    assert rows[0]["prompt_preview"] == "lone \ud800 surrogate"  # escaped, then read back
+    assert rows[0]["events"][0]["reason"] == "boom"  # str() of what JSON has no form for
+    assert rows[1]["events"][0]["reason"] == "boom"
+    assert rows[1]["events"][0]["delay_s"] is None  # NaN is not JSON: null
+    assert ledger.stats()["dropped"] == 0
