@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -91,6 +90,7 @@ from elaria.telemetry.health import (
     assess_hosts,
     probe_hosts,
 )
+from elaria.telemetry.logging import new_id
 
 __all__ = ["ChatSession", "Runtime", "ToolLike"]
 
@@ -461,7 +461,7 @@ class Runtime:
         if not task.strip():
             raise RunError("the task is empty", hint="Say what the agent should do.")
         history = history if history is not None else await self.new_history()
-        run_id = uuid.uuid4().hex
+        run_id = new_id()
         if self.telemetry is None or self.predictor is None:
             raise RunError(
                 "the Runtime is not running",

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -61,6 +60,7 @@ from elaria.lmstudio.rounds import (
 )
 from elaria.memory.history import ConversationHistory
 from elaria.resilience.backoff import delays
+from elaria.telemetry.logging import new_id
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
@@ -173,7 +173,7 @@ class AgentLoop:
                 hint="Await the first run, or use a second Runtime.run (each gets its own loop).",
             )
         self._busy = True
-        run = _Run(self, task, on_event, run_id or uuid.uuid4().hex)
+        run = _Run(self, task, on_event, run_id or new_id())
         try:
             return await run.execute()
         except asyncio.CancelledError:
