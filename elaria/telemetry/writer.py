@@ -10,12 +10,9 @@ file (log sinks, the inference event log, the audit ledger).
   per file).
 * :class:`LineWriter` — asynchronous. A bounded queue and a single writer task in front of a
   :class:`JsonlFile`, so callers on the event loop never wait for the disk: ``submit`` is
-  non-blocking and drops (and counts) when the queue is full. Lines are written in batches,
-  gathered for up to :data:`LINGER_S`. A batch of up to :data:`INLINE_MAX_BYTES` is appended by
-  the writer task itself (as the log sinks append their lines): an append of a few KiB costs
-  microseconds, a hop to a worker thread and the GIL's back and forth far more. Larger batches,
-  and every batch with a second store (SQLite), are written from a worker thread.
-  ``start``/``submit``/``aclose`` must be called on the loop that started it.
+  non-blocking and drops (and counts) when the queue is full. Lines are written in batches from a
+  worker thread, gathered for up to :data:`LINGER_S` so a busy loop pays one thread hop per
+  batch, not per line. ``start``/``submit``/``aclose`` must be called on the loop that started it.
   Cancelling ``aclose`` cancels the writer; lines still queued are counted as dropped.
   ``submit_deferred(make_line)`` queues a line that is not built yet: the writer task calls
   ``make_line()`` on the loop when it takes the batch (so within :data:`LINGER_S`). Callers
@@ -44,7 +41,6 @@ import msgspec
 __all__ = [
     "BATCH_MAX_LINES",
     "CLOSE_TIMEOUT_S",
-    "INLINE_MAX_BYTES",
     "LINGER_S",
     "REOPEN_CHECK_S",
     "RETRY_AFTER_S",
@@ -64,12 +60,10 @@ REOPEN_CHECK_S: Final = 1.0
 CLOSE_TIMEOUT_S: Final = 10.0
 #: Upper bound of lines joined into one write by the writer task (keeps each write small).
 BATCH_MAX_LINES: Final = 512
-#: After the first queued line, wait this long for more before writing: each batch costs a
-#: write (and, for large ones, a hop to a worker thread), so one per 50 ms, not per event.
+#: After the first queued line, wait this long for more before writing: each write costs a hop
+#: to a worker thread (milliseconds on a busy machine), so one hop per 50 ms, not per event.
 #: Lines reach the disk at most this late; ``aclose`` still writes everything.
 LINGER_S: Final = 0.05
-#: The largest batch the writer task appends without a worker thread (see the module docstring).
-INLINE_MAX_BYTES: Final = 64 * 1024
 
 _FILE_MODE: Final = 0o600  # logs may hold previews of user data: owner only
 #: Compact JSON, several times faster than ``json``; a value it has no JSON form for becomes
@@ -374,17 +368,13 @@ class LineWriter:
         while not stop:
             first = await self._queue.get()
             if first is not _STOP and self._queue.qsize() < BATCH_MAX_LINES and self._linger_s:
-                await asyncio.sleep(self._linger_s)  # let a batch gather: one write for many
+                await asyncio.sleep(self._linger_s)  # let a batch gather: one thread hop for many
             batch = [first]
             while len(batch) < BATCH_MAX_LINES and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             stop = any(item is _STOP for item in batch)
             lines = self._build(batch)
-            if not lines:
-                continue
-            if self._on_batch is None and sum(map(len, lines)) <= INLINE_MAX_BYTES:
-                self._write_batch(lines)
-            else:
+            if lines:
                 await asyncio.to_thread(self._write_batch, lines)
 
     def _build(self, batch: list[bytes | DeferredLine | object]) -> list[bytes]:
@@ -413,8 +403,7 @@ class LineWriter:
             return None
 
     def _write_batch(self, lines: list[bytes]) -> None:
-        """The file, then the optional second store (SQLite), never raising (a worker thread
-        for a second store or a large batch, else the writer task)."""
+        """Worker thread: the file, then the optional second store (SQLite), never raising."""
         self.file.write(b"".join(lines))
         if self._on_batch is None:
             return

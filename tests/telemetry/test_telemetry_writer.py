@@ -6,18 +6,11 @@ import asyncio
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 
-from elaria.telemetry.writer import (
-    INLINE_MAX_BYTES,
-    REOPEN_CHECK_S,
-    RETRY_AFTER_S,
-    JsonlFile,
-    LineWriter,
-)
+from elaria.telemetry.writer import REOPEN_CHECK_S, RETRY_AFTER_S, JsonlFile, LineWriter
 
 
 class Clock:
@@ -184,46 +177,3 @@ async def test_cancelled_close_still_closes_the_file(tmp_path: Path) -> None:
         await closing
     assert not writer.running
     assert not writer.submit(_line(2))
-
-
-class _ThreadNotingFile(JsonlFile):
-    """A real JsonlFile that notes which thread wrote each batch."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.threads: list[int] = []
-
-    def write(self, data: bytes) -> bool:
-        self.threads.append(threading.get_ident())
-        return super().write(data)
-
-
-async def test_small_batches_are_appended_by_the_writer_task_large_ones_by_a_thread(
-    tmp_path: Path,
-) -> None:
-    loop_thread = threading.get_ident()
-    file = _ThreadNotingFile(tmp_path / "w.jsonl")
-    writer = LineWriter(file, queue_size=100, linger_s=0)
-    await writer.start()
-    writer.submit(_line(1))
-    await asyncio.sleep(0.05)
-    writer.submit(_line(2, INLINE_MAX_BYTES))  # one line over the inline bound
-    await writer.aclose()
-    assert file.threads[0] == loop_thread
-    assert file.threads[1] != loop_thread
-    rows = [json.loads(x)["i"] for x in (tmp_path / "w.jsonl").read_text().splitlines()]
-    assert rows == [1, 2]
-
-
-async def test_a_batch_with_a_second_store_is_written_from_a_thread(tmp_path: Path) -> None:
-    loop_thread = threading.get_ident()
-    stored: list[int] = []
-    file = _ThreadNotingFile(tmp_path / "w.jsonl")
-    writer = LineWriter(
-        file, queue_size=100, linger_s=0, on_batch=lambda _: stored.append(threading.get_ident())
-    )
-    await writer.start()
-    writer.submit(_line(1))
-    await writer.aclose()
-    assert file.threads != [loop_thread]
-    assert stored == file.threads
