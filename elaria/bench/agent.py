@@ -42,8 +42,8 @@ ROUNDS_PER_RUN = TOOL_ROUNDS + 1
 FULL_RUNS = 200
 QUICK_RUNS = 6
 CONCURRENT_RUNS = 20
-#: Batches of concurrent runs per side (quick: 1).
-CONCURRENT_ROUNDS = 8
+#: Batches of concurrent runs per side (quick: 1); each is one sample, and a noisy one.
+CONCURRENT_ROUNDS = 16
 #: Runs thrown away first on each side (connections, caches, imports).
 WARMUP_RUNS = 2
 #: Predictions the scripted engine keeps for inspection (the bench inspects none): its default
