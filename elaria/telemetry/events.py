@@ -330,10 +330,12 @@ class EventLog:
         request_id: str | None,
         run_id: str | None,
         latency_s: float | None,
+        created: float | None = None,
     ) -> bytes | None:
-        """The line :meth:`round` writes for ``result``, built at once (the writer builds it
-        from :meth:`_round_fields` later). None when the validated path must take over."""
-        fields = self._round_fields(result, request_id, run_id, latency_s, time.time())
+        """The fast line for ``result`` (``created``: the round's time, default now); None when
+        a value needs the validated path (see :meth:`_round_fields`)."""
+        when = time.time() if created is None else created
+        fields = self._round_fields(result, request_id, run_id, latency_s, when)
         return None if fields is None else self._build_round_line(fields)
 
     def _round_fields(
@@ -428,8 +430,7 @@ class EventLog:
         """The writer's builder for a captured round: the fast line when every value passes the
         schema's checks, else the validated event's line (which raises for a value it refuses:
         the writer then drops and counts the line)."""
-        fields = self._round_fields(r.result, r.request_id, r.run_id, r.latency_s, r.created)
-        line = None if fields is None else self._build_round_line(fields)
+        line = self._round_line(r.result, r.request_id, r.run_id, r.latency_s, r.created)
         if line is not None:
             return line
         event = self._round_event(r.result, r.request_id, r.run_id, r.latency_s, {}, r.created)

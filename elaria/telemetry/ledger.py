@@ -240,8 +240,7 @@ class RequestContext:
     def event(self, kind: str, **data: Any) -> None:
         """A resilience event (retry, reconnect, breaker, failover, repair, trim,
         validator_refusal, approval, denial …), in the order they happen."""
-        if self._queued:
-            self.settle()
+        self.settle()
         self._append(self.events, {"kind": kind, **data})
 
     def model_call(
@@ -258,8 +257,7 @@ class RequestContext:
         provider: str | None = None,
     ) -> None:
         """One model request (prediction round); the last successful one sets final host/model."""
-        if self._queued:
-            self.settle()
+        self.settle()
         if success:
             self.final_host, self.final_model = host, model
             self.tokens_in += max(0, tokens_in)
@@ -292,8 +290,7 @@ class RequestContext:
         """A tool call: ``outcome`` is ``ok``, ``error``, ``refused``, ``denied``, ``timeout``,
         ``cancelled`` …; ``arguments`` are redacted and truncated into ``arguments_preview`` when
         the record is built."""
-        if self._queued:
-            self.settle()
+        self.settle()
         self._append(
             self.tool_calls,
             {
@@ -316,8 +313,7 @@ class RequestContext:
         """Close the record. Without ``outcome``: ``cancelled`` for CancelledError/RunCancelled,
         ``failure`` for any other error, else ``mitigated_success`` when a mitigating event
         happened, else ``success``. Calling it again only fills what is still missing."""
-        if self._queued:
-            self.settle()
+        self.settle()
         self._mark_finished()
         if answer is not None and self._answer is None:
             self._answer = answer
@@ -329,14 +325,12 @@ class RequestContext:
 
     def set_answer(self, text: str) -> None:
         """The answer as it is known (the final one wins); previewed when read."""
-        if self._queued:
-            self.settle()
+        self.settle()
         self._answer = text
 
     def set_error(self, error_class: str, message: str) -> None:
         """The error that ended the run, by class name and message (redacted here)."""
-        if self._queued:
-            self.settle()
+        self.settle()
         self.error_class = error_class
         self.error = preview(message, self.answer_preview_chars)
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from elaria.lmstudio.rounds import RoundResult
+from elaria.resilience import ManualClock
 from elaria.telemetry.events import EventLog, InferenceEvent
 from elaria.telemetry.ledger import AuditLedger, RequestContext
 from elaria.telemetry.writer import JsonlFile, LineWriter
@@ -166,18 +167,10 @@ class _Unprintable:
 # ------------------------------------------------------------------ entries queued by the run
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_queued_entries_keep_their_order_and_times_among_direct_ones() -> None:
     from elaria.agent import events as ev
 
-    clock = _Clock()
+    clock = ManualClock()
     ctx = RequestContext.begin("p", clock=clock)
     round_result = RoundResult(text="", host="h", model="m", prompt_tokens=5, predicted_tokens=2)
     clock.now += 0.1
