@@ -138,7 +138,15 @@ class ChildProcess:
             _LIVE_GROUPS.discard(self.pid)
 
     async def terminate(self) -> None:
-        """MCP shutdown: close stdin, wait a little, SIGTERM the group, then SIGKILL it."""
+        """MCP shutdown: close stdin, wait a little, SIGTERM the group, then SIGKILL it.
+
+        Shielded from the caller's cancel scope (the supervisor tears a child down inside its
+        expired start deadline): cut short, the teardown would skip the grace periods and leave
+        the child unreaped. It is bounded by the graces, a few seconds at most."""
+        with anyio.CancelScope(shield=True):
+            await self._terminate()
+
+    async def _terminate(self) -> None:
         try:
             if self._proc.stdin is not None and not self._proc.stdin.is_closing():
                 self._proc.stdin.close()

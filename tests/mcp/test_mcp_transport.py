@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+import anyio
+
 from elaria.mcp.transport import ChildProcess
 
 #: A child that ignores stdin closing and SIGTERM, and says when it is ready to be stopped.
@@ -27,3 +29,16 @@ async def test_a_child_ignoring_sigterm_is_killed_and_reaped() -> None:
     assert child.exited.is_set()
     assert child.returncode is not None
     assert child.returncode < 0  # killed by a signal, not exited by itself
+
+
+async def test_a_child_torn_down_inside_an_expired_cancel_scope_is_still_reaped() -> None:
+    # The supervisor's start deadline is an anyio scope: when it expires, every await of the
+    # teardown inside it is cancelled at once, terminate's own waits included.
+    child = await ChildProcess.spawn("stubborn", sys.executable, ["-c", STUBBORN])
+    assert await child.stdout.readline() == b"ready\n"
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await child.terminate()
+    assert child.exited.is_set()
+    assert child.returncode is not None
+    assert child.returncode < 0
