@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import lmstudio
@@ -104,6 +104,12 @@ def _malformed(message: Mapping[str, Any]) -> MalformedCall:
 
 #: The type the SDK's tool array holds, built once for ``msgspec.convert``.
 _TOOL_LIST = list[LlmTool]
+#: Schema lists already checked against ``LlmTool``, by the ids of their schema dicts (the
+#: agent sends its registry's same dicts every round; ``ToolRegistry.lmstudio_schemas`` asks
+#: that they are not changed). The value keeps the dicts alive, so the ids stay theirs.
+_CHECKED_TOOLS: dict[tuple[int, ...], tuple[Mapping[str, Any], ...]] = {}
+#: Distinct schema lists remembered (a few registries per process); past it the memo restarts.
+_CHECKED_TOOLS_MAX = 32
 
 
 def prediction_config(request: RoundRequest, settings: LMStudioSettings) -> LlmPredictionConfig:
@@ -112,15 +118,28 @@ def prediction_config(request: RoundRequest, settings: LMStudioSettings) -> LlmP
     With tools, the config holds an *empty* tool array: it only makes the SDK reserve the tools
     field, whose value :func:`_send_tools_verbatim` replaces by the schemas as given. The schemas
     are still checked against the SDK's ``LlmTool`` struct (one ``msgspec.convert`` for all),
-    so a schema the SDK would refuse fails here, before anything is sent."""
+    so a schema the SDK would refuse fails here, before anything is sent (once per list of
+    schema dicts: the agent's registry sends the same ones every round)."""
     config = LlmPredictionConfig(
         temperature=settings.temperature if request.temperature is None else request.temperature,
         max_tokens=settings.max_tokens if request.max_tokens is None else request.max_tokens,
     )
     if request.tools is not None:
-        msgspec.convert(request.tools, _TOOL_LIST)
+        _check_tools(request.tools)
         config.raw_tools = LlmToolUseSettingToolArray(tools=[])
     return config
+
+
+def _check_tools(tools: Sequence[Mapping[str, Any]]) -> None:
+    """Raise ``msgspec.ValidationError`` unless the SDK's ``LlmTool`` accepts every schema;
+    the same schema dicts are checked once (see :data:`_CHECKED_TOOLS`)."""
+    key = tuple(map(id, tools))
+    if key in _CHECKED_TOOLS:
+        return
+    msgspec.convert(tools, _TOOL_LIST)
+    if len(_CHECKED_TOOLS) >= _CHECKED_TOOLS_MAX:
+        _CHECKED_TOOLS.clear()
+    _CHECKED_TOOLS[key] = tuple(tools)
 
 
 def _send_tools_verbatim(params: Any, tools: list[dict[str, Any]]) -> None:

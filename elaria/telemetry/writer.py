@@ -20,6 +20,8 @@ file (log sinks, the inference event log, the audit ledger).
   record built per agent round, between the SDK's and the tools' work, runs with cold caches and
   costs several times what the same code costs in a batch. A ``make_line`` that raises or
   returns None drops its line (counted; the first failure is reported through ``on_failure``).
+  ``stats()["build_seconds"]`` is the time the loop spent building deferred lines: work the
+  callers handed over, done later (benchmarks charge it back to them).
 
 A write that the disk accepts only in part (disk full mid-line) can leave one truncated line;
 readers of these files skip lines that are not valid JSON and count them.
@@ -283,6 +285,7 @@ class LineWriter:
         self.dropped_not_running = 0
         self.dropped_unbuilt = 0
         self._unbuilt_reported = False
+        self.build_seconds = 0.0
 
     @property
     def running(self) -> bool:
@@ -357,6 +360,7 @@ class LineWriter:
             "dropped_not_running": self.dropped_not_running,
             "batch_failures": self.batch_failures,
             "dropped_unbuilt": self.dropped_unbuilt,
+            "build_seconds": round(self.build_seconds, 6),
             "dropped": self.dropped_queue_full
             + self.dropped_not_running
             + self.dropped_unbuilt
@@ -373,7 +377,9 @@ class LineWriter:
             while len(batch) < BATCH_MAX_LINES and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             stop = any(item is _STOP for item in batch)
+            started = time.perf_counter()
             lines = self._build(batch)
+            self.build_seconds += time.perf_counter() - started
             if lines:
                 await asyncio.to_thread(self._write_batch, lines)
 

@@ -17,5 +17,8 @@ async def test_the_quick_agent_bench_reports_both_sides_and_their_ratio() -> Non
         assert figures["ratio"] > 0
         low, high = figures["pair_ratio_quartiles"]
         assert low <= figures["median_pair_ratio"] <= high
+        # The runtime's deferred telemetry builds are counted; what ran in SDK batches moved.
+        assert 0 <= figures["moved_ms_per_round"] <= figures["deferred_ms_per_round"]
+    assert report[f"concurrent_{agent.CONCURRENT_RUNS}"]["deferred_ms_per_round"] > 0
     assert report["sequential"]["runs"] == agent.QUICK_RUNS
     assert report[f"concurrent_{agent.CONCURRENT_RUNS}"]["runs"] == agent.CONCURRENT_RUNS

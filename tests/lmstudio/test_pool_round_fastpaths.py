@@ -152,6 +152,31 @@ def test_a_schema_the_sdk_refuses_is_still_refused_before_sending(bad: dict[str,
         prediction_config(request, LMStudioSettings())
 
 
+def test_the_same_schema_dicts_are_checked_once_and_new_ones_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked: list[Any] = []
+    convert = msgspec.convert
+
+    def counting(value: Any, *args: Any, **kwargs: Any) -> Any:
+        checked.append(value)
+        return convert(value, *args, **kwargs)
+
+    monkeypatch.setattr(msgspec, "convert", counting)
+    schemas = [dict(ADD_TOOL)]  # the registry hands out new lists of the same dicts
+    for _ in range(3):
+        prediction_config(RoundRequest([], tools=list(schemas)), LMStudioSettings())
+    assert len(checked) == 1
+    # Equal but other dicts are checked again, and a refused one beside a checked one fails.
+    prediction_config(RoundRequest([], tools=[dict(ADD_TOOL)]), LMStudioSettings())
+    assert len(checked) == 2
+    bad = {"type": "function", "function": {"description": "no name"}}
+    for _ in range(2):
+        with pytest.raises(msgspec.ValidationError):
+            prediction_config(RoundRequest([], tools=[*schemas, bad]), LMStudioSettings())
+    assert len(checked) == 4  # a refusal is never remembered as checked
+
+
 async def test_failover_follows_targets_when_the_settings_change() -> None:
     settings_ = Settings.model_validate(
         {"lmstudio": {"hosts": ["ws://127.0.0.1:1"], "model": "m1", "models": ["m2"]}}

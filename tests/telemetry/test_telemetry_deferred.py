@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,25 @@ async def test_deferred_and_ready_lines_keep_their_order(tmp_path: Path) -> None
     await writer.aclose()
     assert [row["i"] for row in _rows(tmp_path / "w.jsonl")] == list(range(6))
     assert writer.stats()["dropped"] == 0
+
+
+async def test_the_time_spent_building_deferred_lines_is_counted(tmp_path: Path) -> None:
+    writer = LineWriter(JsonlFile(tmp_path / "w.jsonl"), queue_size=100)
+
+    def slow_line() -> bytes:
+        time.sleep(0.02)
+        return b'{"i": 0}\n'
+
+    await writer.start()
+    writer.submit(b'{"i": 1}\n')  # a ready line costs the writer no building
+    await writer.aclose()
+    assert writer.stats()["build_seconds"] < 0.02
+    writer = LineWriter(JsonlFile(tmp_path / "w.jsonl"), queue_size=100)
+    await writer.start()
+    writer.submit_deferred(slow_line)
+    writer.submit_deferred(slow_line)
+    await writer.aclose()
+    assert writer.stats()["build_seconds"] >= 0.04
 
 
 async def test_a_line_that_cannot_be_built_is_dropped_counted_and_reported_once(
