@@ -83,7 +83,10 @@ class _RoundEndpoint(ChatResponseEndpoint):
         self.malformed: list[MalformedCall] = []
 
     def iter_message_events(self, contents: Any) -> Iterable[Any]:
-        if isinstance(contents, Mapping) and contents.get("type") == "toolCallGenerationFailed":
+        # Decoded JSON is a plain dict: the exact-type test spares the ABC check per message.
+        if (type(contents) is dict or isinstance(contents, Mapping)) and contents.get(
+            "type"
+        ) == "toolCallGenerationFailed":
             self.malformed.append(_malformed(contents))
             return ()
         # The SDK's own iterator, not one more generator layer per stream message.

@@ -220,6 +220,13 @@ def _walk(value: Any, forced: Strength | None, depth: int) -> Any:
 
 def _walk_dict(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
     """A plain dict with no secret key above it: the shape nearly every record has."""
+    if len(value) <= _SHAPE_MAX_KEYS:
+        shape = tuple(value)
+        plain = _plain_shapes.get(shape)
+        if plain is None:
+            plain = _is_plain_shape(shape)
+        if plain:
+            return _walk_plain_dict(value, depth)
     out: dict[Any, Any] = {}
     for key, item in value.items():
         if type(key) is not str:
@@ -243,6 +250,45 @@ def _walk_dict(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
         else:
             out[clean_key] = _walk(item, strength, depth + 1)
     return out
+
+
+def _walk_plain_dict(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
+    """:func:`_walk_dict` for a dict whose keys are all plain (no secret in them or named by
+    them): the keys need no look, only the values; the same branches, per value."""
+    out = value.copy()
+    for key, item in value.items():
+        kind = type(item)
+        if kind is str:
+            if len(item) >= _MIN_SECRET_LEN and item not in _clean:
+                out[key] = _redact_str(item)
+        elif not (item is None or kind is bool or kind is int or kind is float):
+            out[key] = _walk(item, None, depth + 1)
+    return out
+
+
+def _is_plain_shape(shape: tuple[Any, ...]) -> bool:
+    """Whether every key in ``shape`` is a string that redaction leaves alone and that makes
+    nothing under it secret; remembered per shape (records of one kind share theirs)."""
+    plain = True
+    for key in shape:
+        if type(key) is not str:
+            plain = False
+            break
+        clean_key, strength = _key_verdict(key)
+        if strength is not None or clean_key != key:
+            plain = False
+            break
+    if len(_plain_shapes) >= _PLAIN_SHAPES_MAX:
+        _plain_shapes.clear()  # a bound: the shapes in use come back at once
+    _plain_shapes[shape] = plain
+    return plain
+
+
+#: Key tuples of dicts already judged by :func:`_is_plain_shape`, and the verdict.
+_plain_shapes: dict[tuple[Any, ...], bool] = {}
+_PLAIN_SHAPES_MAX: Final = 4096
+#: Larger dicts (documents, not records) take the per-key walk: their shapes rarely repeat.
+_SHAPE_MAX_KEYS: Final = 64
 
 
 @functools.lru_cache(maxsize=4096)  # keys repeat on every record; their verdict does not change

@@ -94,6 +94,21 @@ def test_the_plain_dict_walk_redacts_exactly_like_the_general_one(record: dict[s
     assert redact(record) == redact(_as_views(record))
 
 
+def test_a_remembered_plain_shape_still_redacts_every_value_it_holds() -> None:
+    secret = "sk-abcdefghijklmnopqrstuvwx"
+    record = {"host": "ws://127.0.0.1:1234", "name": secret, "arguments": {"password": "pw12345"}}
+    expected = redact(_as_views(record))
+    assert expected["name"] == REDACTED
+    assert expected["arguments"]["password"] == REDACTED
+    for _ in range(3):  # the shape is judged once, then remembered
+        assert redact(dict(record)) == expected
+    assert ("host", "name", "arguments") in redact_module._plain_shapes
+    # One more key, secret-named: another shape, and no longer plain.
+    keyed = {**record, "api_key": 12345}
+    assert redact(keyed) == redact(_as_views(keyed))
+    assert redact(keyed)["api_key"] == REDACTED
+
+
 def test_the_depth_limit_still_covers_scalars_under_plain_dicts() -> None:
     nested: dict[str, Any] = {"count": 7, "flag": True, "text": "plain words"}
     for _ in range(MAX_DEPTH + 2):
