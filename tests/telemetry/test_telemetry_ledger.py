@@ -23,6 +23,7 @@ from elaria.lmstudio.rounds import (
     RoundResult,
 )
 from elaria.memory.history import ConversationHistory
+from elaria.resilience import ManualClock
 from elaria.telemetry.ledger import AuditLedger, RequestContext, preview
 from elaria.telemetry.logging import current_request_id, current_run_id
 
@@ -31,14 +32,6 @@ OPENAI_KEY = "sk-proj-4fGh7JkL9mNpQrStUvWx0123"
 GITHUB_KEY = "ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 PASSWORD = "correct-horse-battery-staple"
 SECRETS = (LMSTUDIO_KEY, OPENAI_KEY, GITHUB_KEY, PASSWORD, "Zy98Xw76Vu54Ts32Rq10")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -95,7 +88,7 @@ def test_outcome_is_inferred(events: list[str], error: BaseException | None, out
 
 
 def test_entries_share_one_sequence_with_times_from_the_clock() -> None:
-    clock = Clock()
+    clock = ManualClock(50.0)
     ctx = RequestContext.begin("p", clock=clock, wall_clock=lambda: 1_700_000_000.0)
     clock.now += 0.5
     ctx.event("failover", from_host="a", to_host="b")

@@ -10,15 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from elaria.resilience import ManualClock
 from elaria.telemetry.writer import REOPEN_CHECK_S, RETRY_AFTER_S, JsonlFile, LineWriter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _line(i: int, size: int = 0) -> bytes:
@@ -50,7 +43,7 @@ def test_files_are_private_to_their_owner(tmp_path: Path) -> None:
 
 
 def test_a_removed_directory_is_recreated_and_writing_goes_on(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     log_dir = tmp_path / "logs"
     sink = JsonlFile(log_dir / "e.jsonl", clock=clock)
     sink.write(_line(1))
@@ -62,7 +55,7 @@ def test_a_removed_directory_is_recreated_and_writing_goes_on(tmp_path: Path) ->
 
 
 def test_failure_is_reported_once_counted_and_recovers(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     reports: list[str] = []
     log_dir = tmp_path / "logs"
     sink = JsonlFile(log_dir / "e.jsonl", clock=clock, on_failure=reports.append)
