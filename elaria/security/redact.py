@@ -278,6 +278,8 @@ def _is_plain_shape(shape: tuple[Any, ...]) -> bool:
         if strength is not None or clean_key != key:
             plain = False
             break
+    if sum(len(key) for key in shape if type(key) is str) > _SHAPE_MAX_KEY_CHARS:
+        return plain  # judged, not remembered: long keys are data, and would be kept alive
     if len(_plain_shapes) >= _PLAIN_SHAPES_MAX:
         _plain_shapes.clear()  # a bound: the shapes in use come back at once
     _plain_shapes[shape] = plain
@@ -289,6 +291,8 @@ _plain_shapes: dict[tuple[Any, ...], bool] = {}
 _PLAIN_SHAPES_MAX: Final = 4096
 #: Larger dicts (documents, not records) take the per-key walk: their shapes rarely repeat.
 _SHAPE_MAX_KEYS: Final = 64
+#: A shape whose keys are longer in all is judged each time, never kept (see _is_plain_shape).
+_SHAPE_MAX_KEY_CHARS: Final = 1024
 
 
 @functools.lru_cache(maxsize=4096)  # keys repeat on every record; their verdict does not change

@@ -107,6 +107,10 @@ def test_a_remembered_plain_shape_still_redacts_every_value_it_holds() -> None:
     keyed = {**record, "api_key": 12345}
     assert redact(keyed) == redact(_as_views(keyed))
     assert redact(keyed)["api_key"] == REDACTED
+    # Keys that are data (long text) are judged, never kept alive in the memo.
+    long_keys = {"x" * 2000: secret, "y": 1}
+    assert redact(long_keys) == {"x" * 2000: REDACTED, "y": 1}
+    assert tuple(long_keys) not in redact_module._plain_shapes
 
 
 def test_the_depth_limit_still_covers_scalars_under_plain_dicts() -> None:
