@@ -269,15 +269,8 @@ def _walk_plain_dict(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
 def _is_plain_shape(shape: tuple[Any, ...]) -> bool:
     """Whether every key in ``shape`` is a string that redaction leaves alone and that makes
     nothing under it secret; remembered per shape (records of one kind share theirs)."""
-    plain = True
-    for key in shape:
-        if type(key) is not str:
-            plain = False
-            break
-        clean_key, strength = _key_verdict(key)
-        if strength is not None or clean_key != key:
-            plain = False
-            break
+    # A plain key's verdict is itself, unredacted, with no strength.
+    plain = all(type(key) is str and _key_verdict(key) == (key, None) for key in shape)
     if sum(len(key) for key in shape if type(key) is str) > _SHAPE_MAX_KEY_CHARS:
         return plain  # judged, not remembered: long keys are data, and would be kept alive
     if len(_plain_shapes) >= _PLAIN_SHAPES_MAX:
