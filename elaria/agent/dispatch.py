@@ -42,6 +42,7 @@ from elaria.errors import (
     ToolTimeoutError,
 )
 from elaria.lmstudio.rounds import RequestedCall, RoundResult
+from elaria.resilience import deadlines
 from elaria.security import cap_result
 
 if TYPE_CHECKING:
@@ -322,7 +323,7 @@ class CallDispatcher:
         started = self.loop._clock()
         error: ToolError | None = None
         try:
-            async with asyncio.timeout(timeout):
+            async with deadlines.timeout(timeout):
                 value = await tool.handler(args)
         except ToolError as exc:
             error = exc

@@ -6,7 +6,7 @@
 * :class:`Lease`: what a caller holds inside ``async with pool.lease(host)``;
   :meth:`Lease.run` bounds one await and aborts it when the client is evicted.
 * :class:`StreamGuard` (``async with lease.guard()``): the same two bounds for a sequence of
-  awaits in the calling task (a prediction stream), with one timer and no task per await.
+  awaits in the calling task (a prediction stream), with one deadline and no task per await.
 
 Loop-confined (one event loop); nothing here starts a task of its own except the step task of
 :meth:`Lease.run`, which never outlives the call.
@@ -27,6 +27,7 @@ import lmstudio
 
 from elaria.config import LMStudioSettings, SecuritySettings
 from elaria.errors import ConfigError, ElariaTimeoutError, HostDown, SecurityViolation
+from elaria.resilience.deadlines import Deadline, wheel
 from elaria.security.urls import validate_ws_url
 
 __all__ = [
@@ -204,7 +205,9 @@ class StreamGuard:
     The cancel can only land inside the block: the timer and the eviction callback act only while
     the block is active, and the task is then suspended at one of the block's awaits. The timer is
     re-armed lazily: a deadline that moves later (the usual case, one more fragment) is noticed
-    when the old one fires, so a fast stream does not touch the loop's timer heap per fragment.
+    when the old one fires, so a fast stream files one deadline per block, not per fragment; and
+    it is filed on the loop's shared :func:`~elaria.resilience.deadlines.wheel`, not as a loop
+    timer of its own.
     """
 
     def __init__(self, host: str, conn: Connection) -> None:
@@ -213,22 +216,22 @@ class StreamGuard:
         self._operation = ""
         self._limit_s = 0.0
         self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Deadline | None = None
         self._fired: ElariaTimeoutError | HostDown | None = None
         self._cancel_requested = False
         self._active = False
 
     def expect(self, operation: str, within_s: float, *, reported_s: float | None = None) -> None:
         """The next await must finish within ``within_s`` seconds from now; on expiry the block
-        fails with ``ElariaTimeoutError(operation, reported_s or within_s)``."""
+        fails with ``ElariaTimeoutError(operation, reported_s or within_s)``. Inside the block
+        only."""
         if self._fired is not None and not self._cancel_requested:
             raise self._fired
-        loop = asyncio.get_running_loop()
         self._operation = operation
         self._limit_s = within_s if reported_s is None else reported_s
-        self._deadline = loop.time() + max(0.0, within_s)
-        if self._timer is None or self._deadline < self._timer.when():
-            self._arm(loop)
+        self._deadline = self._clock.time() + max(0.0, within_s)
+        if self._timer is None or self._deadline < self._timer.when:
+            self._arm()
 
     async def __aenter__(self) -> StreamGuard:
         if self._conn.lost.is_set():
@@ -237,6 +240,7 @@ class StreamGuard:
         if task is None:  # pragma: no cover - always called from a task
             raise RuntimeError("StreamGuard needs a running task")
         self._task = task
+        self._clock = wheel()
         self._unsubscribe = self._conn.on_lost(self._on_lost)
         self._active = True
         return self
@@ -262,18 +266,17 @@ class StreamGuard:
             raise fired from None  # the cancel was only our means of interrupting the await
         raise fired from exc
 
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _arm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = loop.call_at(self._deadline, self._on_timer)
+        self._timer = self._clock.at(self._deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if not self._active or self._fired is not None:
             return
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._deadline:  # moved later since this timer was armed
-            self._arm(loop)
+        if self._clock.time() < self._deadline:  # moved later since this timer was armed
+            self._arm()
             return
         self._fire(ElariaTimeoutError(self._operation, self._limit_s, where=self.host))
 
