@@ -2,7 +2,8 @@
 
 Every object here is fed plain values and an injected clock; none opens a socket. The LM Studio
 pool (:mod:`elaria.lmstudio.pool`) and failover (:mod:`elaria.lmstudio.failover`) wire them to
-the network.
+the network. The exception is :mod:`elaria.resilience.deadlines` (not re-exported here): the
+per-round deadlines of the agent path on one timer of the running event loop.
 """
 
 from __future__ import annotations
