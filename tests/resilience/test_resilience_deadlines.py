@@ -4,6 +4,8 @@ contract kept."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -252,3 +254,22 @@ def test_the_module_names_what_it_exports() -> None:
         "timeout",
         "wheel",
     }
+
+
+def test_a_closed_loop_is_not_kept_alive_by_its_wheel() -> None:
+    async def uses_deadlines() -> DeadlineWheel:
+        async with timeout(FAR_S):  # leaves the wheel's loop timer armed 600 s out
+            await asyncio.sleep(0)
+        return wheel()
+
+    loop = asyncio.new_event_loop()
+    try:
+        used = loop.run_until_complete(uses_deadlines())
+    finally:
+        loop.close()
+    loop_ref = weakref.ref(loop)
+    wheel_ref = weakref.ref(used)
+    del loop, used
+    gc.collect()
+    assert loop_ref() is None
+    assert wheel_ref() is None
