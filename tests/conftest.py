@@ -7,11 +7,22 @@ is set and are otherwise reported as skipped with that reason (``-ra`` lists the
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 LMSTUDIO_HOST = os.environ.get("ELARIA_LMSTUDIO_HOST")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Ctrl-C as a terminal delivers it. A run started in the background by a shell without job
+    # control (`pytest &` in a script, as CI wrappers do) inherits SIGINT ignored, and so would
+    # every process a test starts: Python leaves an ignored SIGINT ignored. The tests that press
+    # Ctrl-C on a child need the default, so the run takes it back for itself, and exec gives
+    # its children the default disposition.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
