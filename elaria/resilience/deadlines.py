@@ -125,31 +125,21 @@ class DeadlineWheel:
             self._arm(self._heap[0][0])
 
 
-#: Weak both ways: a wheel lives while a deadline holder or its armed loop timer holds it, and
-#: never keeps a closed loop alive (the wheel refers to its loop).
+#: Weak both ways: a wheel never keeps a closed loop alive (the wheel refers to its loop), and
+#: lives while anything holds it — while a deadline is filed, its armed loop timer does.
 _wheels: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, weakref.ReferenceType[DeadlineWheel]
 ] = weakref.WeakKeyDictionary()
-_last: (
-    tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], weakref.ReferenceType[DeadlineWheel]]
-    | None
-) = None
 
 
 def wheel() -> DeadlineWheel:
-    """The running loop's wheel (made when none is alive; nothing is filed in a wheel that is
-    gone, as a filed deadline's holder keeps it)."""
-    global _last
+    """The running loop's wheel (a new one when none is alive: then none has a deadline filed)."""
     loop = asyncio.get_running_loop()
-    last = _last
-    if last is not None and last[0]() is loop and (found := last[1]()) is not None:
-        return found
     ref = _wheels.get(loop)
     found = None if ref is None else ref()
     if found is None:
         found = DeadlineWheel(loop)
         _wheels[loop] = weakref.ref(found)
-    _last = (weakref.ref(loop), weakref.ref(found))
     return found
 
 
