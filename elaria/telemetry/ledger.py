@@ -64,7 +64,7 @@ from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from loguru import logger
@@ -183,7 +183,6 @@ class RequestContext:
     meta: dict[str, Any] = field(default_factory=dict)
     _seq: int = 0
     _pending_args: dict[str, Any] = field(default_factory=dict)
-    _direct_calls: bool = False
     _answer: str | None = field(default=None, repr=False)
     #: Entries the run's hot path handed over (observe, record_model_call, finish_ok), applied
     #: in order by :meth:`settle`; each with the clock reading it gets as its time.
@@ -191,6 +190,10 @@ class RequestContext:
         default_factory=list, repr=False
     )
     _now: float | None = field(default=None, repr=False)
+    #: What :meth:`observe` maps; without ``round_finished`` once the rounds come directly.
+    _observers: Mapping[str, Callable[[RequestContext, Any], None]] = field(
+        default_factory=lambda: OBSERVERS, repr=False
+    )
 
     @classmethod
     def begin(
@@ -352,12 +355,11 @@ class RequestContext:
         ``round_finished`` is ignored once :meth:`record_model_call` has fed the context, so a
         round is never counted twice."""
         kind = getattr(event, "kind", None)
-        if kind is None and isinstance(event, Mapping):
-            event = SimpleNamespace(**event)
-            kind = getattr(event, "kind", None)
-        if kind == "round_finished" and self._direct_calls:
+        if type(kind) is not str and not isinstance(kind, str):
+            if kind is None and isinstance(event, Mapping):
+                self.observe(SimpleNamespace(**event))
             return
-        handler = OBSERVERS.get(kind) if isinstance(kind, str) else None
+        handler = self._observers.get(kind)
         if handler is not None:
             self._queue(handler, event)
 
@@ -393,14 +395,14 @@ class RequestContext:
     ) -> None:
         """A round came back: host, model, tokens and latency from its RoundResult.
         ``request_id`` (the round's) links the entry to its inference event line."""
-        self._direct_calls = True
+        self._observers = _DIRECT_OBSERVERS
         self._queue(_apply_model_call, (result, seconds, request_id))
 
     def record_model_error(
         self, *, error: BaseException, seconds: float, request_id: str | None = None
     ) -> None:
         """A round failed; host and model come from the error when it carries them."""
-        self._direct_calls = True
+        self._observers = _DIRECT_OBSERVERS
         self.model_call(
             str(getattr(error, "host", None) or ""),
             str(getattr(error, "model", None) or ""),
@@ -493,6 +495,13 @@ class RequestContext:
             redacted["arguments_preview"] = preview(arguments.value, self.arguments_preview_chars)
             return redacted
         return cast(dict[str, Any], redact(entry))
+
+
+#: :data:`OBSERVERS` for a context fed its rounds by :meth:`RequestContext.record_model_call`
+#: (or ``record_model_error``): the loop's ``round_finished`` would count each round twice.
+_DIRECT_OBSERVERS: Final = MappingProxyType(
+    {kind: apply for kind, apply in OBSERVERS.items() if kind != "round_finished"}
+)
 
 
 def _apply_model_call(ctx: RequestContext, payload: tuple[RoundResult, float, str | None]) -> None:

@@ -34,6 +34,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, cast
@@ -275,9 +276,11 @@ class LineWriter:
         self._on_failure = on_failure
         self._batch_failing = False
         self.batch_failures = 0
-        self._queue: asyncio.Queue[bytes | DeferredLine | object] = asyncio.Queue(
-            maxsize=queue_size
-        )
+        # A deque and a wake-up future, not an asyncio.Queue: a put is an append (every agent
+        # round submits lines), and the writer is woken once per batch, not once per line.
+        self._items: deque[bytes | DeferredLine | object] = deque()
+        self._queue_size = queue_size
+        self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.submitted = 0
@@ -310,13 +313,19 @@ class LineWriter:
         if not self.running:
             self.dropped_not_running += 1
             return False
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self._items) >= self._queue_size:
             self.dropped_queue_full += 1
             return False
+        self._items.append(item)
         self.submitted += 1
+        if self._waiter is not None:
+            self._wake()
         return True
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def aclose(self) -> None:
         """Write everything queued (bounded by :data:`CLOSE_TIMEOUT_S`), then close the file."""
@@ -325,8 +334,9 @@ class LineWriter:
         self._closing = True
         task = self._task
         try:
+            self._items.append(_STOP)  # beyond the bound: the end marker is never dropped
+            self._wake()
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self._queue.put(_STOP)
                 await asyncio.shield(task)
         except TimeoutError:
             task.cancel()
@@ -355,7 +365,7 @@ class LineWriter:
             "reasons": reasons,
             **self.file.stats(),
             "submitted": self.submitted,
-            "queued": self._queue.qsize(),
+            "queued": len(self._items),
             "dropped_queue_full": self.dropped_queue_full,
             "dropped_not_running": self.dropped_not_running,
             "batch_failures": self.batch_failures,
@@ -368,14 +378,15 @@ class LineWriter:
         }
 
     async def _run(self) -> None:
+        items = self._items
         stop = False
         while not stop:
-            first = await self._queue.get()
-            if first is not _STOP and self._queue.qsize() < BATCH_MAX_LINES and self._linger_s:
+            if not items:
+                self._waiter = asyncio.get_running_loop().create_future()
+                await self._waiter
+            if items[0] is not _STOP and len(items) <= BATCH_MAX_LINES and self._linger_s:
                 await asyncio.sleep(self._linger_s)  # let a batch gather: one thread hop for many
-            batch = [first]
-            while len(batch) < BATCH_MAX_LINES and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = [items.popleft() for _ in range(min(len(items), BATCH_MAX_LINES))]
             stop = any(item is _STOP for item in batch)
             started = time.perf_counter()
             lines = self._build(batch)
@@ -427,8 +438,6 @@ class LineWriter:
         _report(self._on_failure, text)
 
     def _discard_queued(self) -> int:
-        count = 0
-        while not self._queue.empty():
-            if self._queue.get_nowait() is not _STOP:
-                count += 1
+        count = sum(1 for item in self._items if item is not _STOP)
+        self._items.clear()
         return count

@@ -170,3 +170,29 @@ async def test_cancelled_close_still_closes_the_file(tmp_path: Path) -> None:
         await closing
     assert not writer.running
     assert not writer.submit(_line(2))
+
+
+async def test_lines_submitted_while_the_writer_waits_go_out_as_one_batch(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    batches: list[int] = []
+    written = asyncio.Event()
+
+    def count(lines: list[bytes]) -> None:
+        batches.append(len(lines))
+        loop.call_soon_threadsafe(written.set)
+
+    writer = LineWriter(JsonlFile(tmp_path / "w.jsonl"), queue_size=100, on_batch=count)
+    await writer.start()
+    for burst in range(3):  # the writer goes idle between bursts and must wake for each
+        written.clear()
+        for i in range(10):
+            assert writer.submit(_line(burst * 10 + i))
+            await asyncio.sleep(0)  # the writer runs between submits, lingering for more
+        async with asyncio.timeout(10):
+            await written.wait()
+        assert writer.stats()["queued"] == 0
+        await asyncio.sleep(0.1)  # the writer is idle, waiting for the next line
+    await writer.aclose()
+    assert batches == [10, 10, 10]
+    lines = (tmp_path / "w.jsonl").read_text().splitlines()
+    assert [json.loads(x)["i"] for x in lines] == list(range(30))
